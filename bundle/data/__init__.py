@@ -1,0 +1,1 @@
+"""Reading EM volumes, per-slice items, points and centre densities."""

@@ -1,0 +1,85 @@
+"""Build per-slice training and validation items from EM volumes (images normalised per slice)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.transforms import NormalizeIntensity
+
+from bundle.data.density import centre_density
+from bundle.data.io import check_same_shape, instances_from_mask, read_volume, select_slices
+from bundle.errors import InputError
+
+PathLike = str | os.PathLike
+
+
+def normalize_slices(volume: np.ndarray, path: PathLike = "") -> np.ndarray:
+    """Per-slice z-score of a (Z, Y, X) volume as float32; a constant or non-finite volume is an InputError."""
+    volume = np.asarray(volume, dtype=np.float32)
+    if not np.all(np.isfinite(volume)):
+        raise InputError(f"{path}: image contains NaN or infinite values; replace them before running")
+    if volume.size and float(volume.max()) == float(volume.min()):
+        raise InputError(f"{path}: image is constant ({volume.flat[0]}); pass the EM image volume, not a blank one")
+    # Treat Z as the channel axis so MONAI normalises every slice on its own mean and std.
+    return np.asarray(NormalizeIntensity(channel_wise=True, dtype=np.float32)(volume))
+
+
+def load_label_instances(label: PathLike, mask_threshold: int = 127, key: str | None = None) -> np.ndarray:
+    """Instance ids (Z, Y, X): 8-bit volumes are masks split into 2D components, wider integer volumes are ids."""
+    raw = read_volume(label, key=key)
+    if raw.dtype in (np.uint8, np.bool_):
+        # 0/1 masks, 0/255 masks and anti-aliased masks (VNC: foreground > 127) alike
+        foreground = raw > 0 if raw.max() <= 1 else raw > mask_threshold
+        return instances_from_mask(foreground)
+    if not np.issubdtype(raw.dtype, np.integer):
+        raise InputError(f"{label}: label has dtype {raw.dtype}; pass an 8-bit mask or an integer instance volume")
+    if raw.min() < 0:
+        raise InputError(f"{label}: label has negative values; pass an 8-bit mask or non-negative instance ids")
+    return raw.astype(np.int32 if raw.max() <= np.iinfo(np.int32).max else np.int64)
+
+
+def load_slices(
+    image: PathLike,
+    label: PathLike | None = None,
+    slices: str | Sequence[int] | None = None,
+    sigma: float = 11.0,
+    mask_threshold: int = 127,
+    with_density: bool = True,
+    binary_label: bool = False,
+    key: str | None = None,
+) -> list[dict]:
+    """One dict per slice: "image" (1, Y, X) float32, "label" (1, Y, X) instance ids (0/1 if `binary_label`), "density"."""
+    raw = read_volume(image, key=key)
+    instances = None
+    if label is not None:
+        instances = load_label_instances(label, mask_threshold, key=key)
+        check_same_shape(raw, instances, str(image), str(label))
+        instances = select_slices(instances, slices, path=str(label))
+    volume = normalize_slices(select_slices(raw, slices, path=str(image)), image)
+    items = []
+    for z, image_slice in enumerate(volume):
+        item = {"image": image_slice[None]}
+        if instances is not None:
+            item["label"] = (instances[z] > 0).astype(np.uint8)[None] if binary_label else instances[z][None]
+            if with_density:
+                item["density"] = centre_density(instances[z], sigma)[None]
+        items.append(item)
+    return items
+
+
+def prepare_multitask_batch(
+    batchdata: Mapping[str, torch.Tensor], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`prepare_batch` for SupervisedTrainer: (image, {"label", "density"[, "density_mask"]}) on `device`."""
+    targets = {k: batchdata[k].to(device=device, non_blocking=non_blocking) for k in ("label", "density", "density_mask") if k in batchdata}
+    return batchdata["image"].to(device=device, non_blocking=non_blocking), targets
+
+
+def check_data_root(dataset_dir: PathLike) -> None:
+    """InputError when the data root does not exist (configs read everything below it)."""
+    if not Path(dataset_dir).is_dir():
+        raise InputError(f"{dataset_dir}: data root does not exist; pass --dataset_dir to the folder holding vnc3/ and epfl_hippocampus/")

@@ -1,0 +1,45 @@
+"""Segmentation cross-entropy + λ1 · L2 on the centre-density head, with ignored pixels."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bundle.networks.multitask_unet import DENSITY_CHANNEL, SEG_CHANNELS
+
+IGNORE_INDEX = 255  # label value of pixels that carry no segmentation supervision
+
+
+def masked_density_l2(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """Mean squared error between scaled densities over the pixels where `mask` is true (all when None)."""
+    error = ((pred - target) * scale) ** 2
+    if mask is None:
+        return error.mean()
+    mask = mask.to(error.dtype)
+    return (error * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+class MultiTaskLoss(nn.Module):
+    """L = CE(segmentation logits, label) + λ1 · L2(density · scale, target density · scale)."""
+
+    def __init__(self, lambda_density: float = 1.0, density_scale: float = 1000.0, ignore_index: int = IGNORE_INDEX):
+        super().__init__()
+        self.lambda_density = lambda_density
+        self.density_scale = density_scale
+        self.ignore_index = ignore_index
+
+    def forward(self, pred: torch.Tensor, target: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """`pred` is the network output (B, 3, H, W); `target` has "label", "density" and optionally "density_mask"."""
+        logits = pred[:, list(SEG_CHANNELS)]
+        label = target["label"][:, 0].long()
+        if torch.all(label == self.ignore_index):
+            seg = logits.sum() * 0.0  # nothing labelled in this batch: keep the graph, add no gradient
+        else:
+            seg = F.cross_entropy(logits, label, ignore_index=self.ignore_index)
+        density = masked_density_l2(
+            pred[:, DENSITY_CHANNEL : DENSITY_CHANNEL + 1], target["density"], target.get("density_mask"), self.density_scale
+        )
+        return seg + self.lambda_density * density

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up and run the test suite (needs the real data at ../shared/data; tests fail without it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/python -m pytest -q "$@"

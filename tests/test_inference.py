@@ -1,0 +1,92 @@
+"""VolumePredictor on synthetic volumes: outputs, unique ids, no partial files; load_slices and paper recipe."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from monai.bundle import ConfigParser
+from monai.inferers import SlidingWindowInferer
+
+from bundle.data.dataset import load_slices
+from bundle.data.io import read_volume
+from bundle.inference import VolumePredictor
+from bundle.networks import MultiTaskUNet, load_checkpoint
+from tests.helpers import REPO, VNC, need, raises_one_line
+
+
+@pytest.fixture()
+def volume_path(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "vol.tif"
+    tifffile.imwrite(path, rng.integers(0, 255, (3, 80, 96), dtype=np.uint8), photometric="minisblack")
+    return path
+
+
+def _predictor(**kwargs) -> VolumePredictor:
+    torch.manual_seed(0)
+    network = MultiTaskUNet(width=4)
+    return VolumePredictor(network, SlidingWindowInferer(roi_size=(64, 64), overlap=0.25, mode="gaussian"), progress=False, **kwargs)
+
+
+def test_predictor_writes_three_stacks_with_unique_ids(volume_path, tmp_path) -> None:
+    always_two = lambda probability, density: np.pad(np.array([[1, 2]]), ((0, 79), (0, 94)))  # noqa: E731
+    files = _predictor(postprocessing=always_two)(volume_path, tmp_path / "out")
+    probability = read_volume(files["probability.tif"])
+    assert probability.shape == (3, 80, 96) and probability.dtype == np.float32
+    assert 0.0 <= probability.min() and probability.max() <= 1.0
+    assert read_volume(files["density.tif"]).min() >= 0
+    instances = read_volume(files["instances.tif"])
+    assert instances[:, 0, :2].tolist() == [[1, 2], [3, 4], [5, 6]]  # ids continue across slices
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["density.tif", "instances.tif", "probability.tif"]
+
+
+def test_predictor_failure_leaves_no_partial_files(volume_path, tmp_path) -> None:
+    def broken(probability, density):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        _predictor(postprocessing=broken)(volume_path, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_predictor_slices_and_output_file(volume_path, tmp_path) -> None:
+    files = _predictor()(volume_path, tmp_path / "out", slices="1-2")
+    assert read_volume(files["probability.tif"]).shape == (2, 80, 96)
+    (tmp_path / "file").write_text("")
+    raises_one_line(_predictor(), volume_path, tmp_path / "file", name="file")
+
+
+def test_checkpoint_for_another_network_is_refused(tmp_path) -> None:
+    path = tmp_path / "w8.pt"
+    torch.save({"model": MultiTaskUNet(width=8).state_dict()}, path)
+    load_checkpoint(MultiTaskUNet(width=8), path)  # CheckpointSaver's {"model": ...} layout loads
+    raises_one_line(load_checkpoint, MultiTaskUNet(width=4), path, name="w8.pt")
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    raises_one_line(load_checkpoint, MultiTaskUNet(width=4), tmp_path / "junk.pt", name="junk.pt")
+
+
+def test_load_slices_real_vnc() -> None:
+    items = load_slices(need(VNC / "raw"), VNC / "mitochondria", slices="0-1", sigma=11.0, binary_label=True)
+    assert len(items) == 2
+    image, label, density = items[0]["image"], items[0]["label"], items[0]["density"]
+    assert image.shape == label.shape == density.shape == (1, 1024, 1024)
+    assert abs(float(image.mean())) < 1e-3 and abs(float(image.std()) - 1) < 1e-2  # per-slice z-score
+    assert set(np.unique(label).tolist()) == {0, 1}
+    instances = load_slices(VNC / "raw", VNC / "mitochondria", slices="0")[0]["label"]
+    assert float(density.sum()) == pytest.approx(len(np.unique(instances)) - 1, rel=1e-4)  # one unit per instance
+
+
+def test_load_slices_refuses_constant_image(tmp_path) -> None:
+    tifffile.imwrite(tmp_path / "flat.tif", np.full((2, 32, 32), 7, np.uint8), photometric="minisblack")
+    raises_one_line(load_slices, tmp_path / "flat.tif", name="flat.tif")
+
+
+def test_paper_recipe_resolves(monkeypatch) -> None:
+    monkeypatch.chdir(REPO)
+    for files in (["configs/train.yaml", "configs/recipe_paper.yaml"], ["configs/inference.yaml", "configs/recipe_paper.yaml"]):
+        parser = ConfigParser()
+        parser.read_config(files)
+        assert parser.get_parsed_content("network_def").features[0] == 32
+    assert parser.get_parsed_content("crop_size") == [512, 512]
