@@ -55,13 +55,16 @@ def _overlaps(pred: np.ndarray, gt: np.ndarray) -> _Overlaps:
     return _Overlaps(n_pred, n_gt, area_p, area_g, rows, cols, inter, union)
 
 
+def _empty_score(n_pred: int, n_gt: int) -> float:
+    """Score when a map has no instance: 1.0 if both are empty, 0.0 if only one is."""
+    return 1.0 if n_pred == n_gt == 0 else 0.0
+
+
 def aggregated_jaccard_index(pred: np.ndarray, gt: np.ndarray) -> float:
     """AJI (Kumar et al. 2017, HoVer-Net get_fast_aji) of 2D instance maps; 1.0 if both empty, 0.0 if one is."""
     n_pred, n_gt, area_p, area_g, rows, cols, inter, union = _overlaps(pred, gt)
-    if n_pred == 0 and n_gt == 0:
-        return 1.0
     if n_pred == 0 or n_gt == 0:
-        return 0.0
+        return _empty_score(n_pred, n_gt)
     iou = inter / union
     # For each gt pick the overlapping pred of maximal IoU (ties: lowest pred label, like np.argmax).
     order = np.lexsort((rows, -iou, cols))
@@ -84,10 +87,8 @@ def panoptic_quality(pred: np.ndarray, gt: np.ndarray, match_iou: float = 0.5) -
     if not 0.0 < match_iou <= 1.0:
         raise ValueError(f"match_iou must be in (0, 1], got {match_iou}")
     n_pred, n_gt, _, _, rows, cols, inter, union = _overlaps(pred, gt)
-    if n_pred == 0 and n_gt == 0:
-        return 1.0
     if n_pred == 0 or n_gt == 0:
-        return 0.0
+        return _empty_score(n_pred, n_gt)
     iou = inter / union
     if match_iou >= 0.5:
         # IoU > 1/2 means |P ∩ G| > |P ∪ G| / 2: each instance has at most one such partner, so no assignment.
