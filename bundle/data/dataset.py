@@ -83,3 +83,14 @@ def check_data_root(dataset_dir: PathLike) -> None:
     """InputError when the data root does not exist (configs read everything below it)."""
     if not Path(dataset_dir).is_dir():
         raise InputError(f"{dataset_dir}: data root does not exist; pass --dataset_dir to the folder holding vnc3/ and epfl_hippocampus/")
+
+
+def target_items(image: PathLike, slices: str | Sequence[int] | None = None, key: str | None = None) -> list[dict]:
+    """Unlabelled target slices with empty supervision (label all ignored, zero density and mask) until round 1."""
+    items = load_slices(image, None, slices, key=key)
+    for item in items:
+        shape = item["image"].shape
+        item["label"] = np.full(shape, 255, dtype=np.uint8)
+        item["density"] = np.zeros(shape, dtype=np.float32)
+        item["density_mask"] = np.zeros(shape, dtype=np.uint8)
+    return items

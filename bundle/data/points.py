@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bundle.data.density import density_map, instance_centres
+from bundle.data.io import parse_slices, read_volume
 from bundle.errors import InputError
 
 __all__ = [
@@ -304,3 +305,13 @@ def density_from_points(points: np.ndarray, shape: Sequence[int], sigma: float) 
     for z in np.unique(points[:, 0]).tolist():
         out[z] = density_map(points_on_slice(points, z), shape[1:], sigma)
     return out
+
+
+def load_target_points(path: PathLike | None, image: PathLike, slices: str | Sequence[int] | None = None) -> np.ndarray | None:
+    """Points of `path` checked against `image`, kept on `slices` and re-indexed to them; None when no path (UDA)."""
+    if path is None or str(path).lower() in ("", "none", "null"):
+        return None
+    shape = read_volume(image).shape
+    points = read_points(path)
+    validate_points(points, shape, path=str(path))
+    return points_in_slices(points, parse_slices(slices, shape[0], path=str(image)))

@@ -1,5 +1,5 @@
 """Losses of the method and the baselines."""
 
-from bundle.losses.multitask import IGNORE_INDEX, MultiTaskLoss, masked_density_l2
+from bundle.losses.multitask import IGNORE_INDEX, AdaptationLoss, MultiTaskLoss, masked_density_l2
 
-__all__ = ["IGNORE_INDEX", "MultiTaskLoss", "masked_density_l2"]
+__all__ = ["IGNORE_INDEX", "AdaptationLoss", "MultiTaskLoss", "masked_density_l2"]

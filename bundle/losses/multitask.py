@@ -43,3 +43,18 @@ class MultiTaskLoss(nn.Module):
             pred[:, DENSITY_CHANNEL : DENSITY_CHANNEL + 1], target["density"], target.get("density_mask"), self.density_scale
         )
         return seg + self.lambda_density * density
+
+
+class AdaptationLoss(nn.Module):
+    """Sum of `loss` over the source and the target part of a paired batch (paper eqs. 1-2: one mean per domain)."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, pred: torch.Tensor, target: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """`target["num_source"]` says how many leading samples of the batch are source samples."""
+        split = int(target["num_source"])
+        parts = [slice(0, split), slice(split, len(pred))]
+        terms = {k: v for k, v in target.items() if k != "num_source"}
+        return sum(self.loss(pred[part], {k: v[part] for k, v in terms.items()}) for part in parts if part.stop > part.start)

@@ -36,19 +36,22 @@ def tta_predict(
     network: torch.nn.Module,
     image: torch.Tensor,
     inferer: Callable[[torch.Tensor, torch.nn.Module], torch.Tensor],
+    views: int = len(TTA_VIEWS),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean over the 5 TTA_VIEWS of (foreground softmax probability, density), each (B, 1, H, W), without gradients.
+    """Mean over the first `views` TTA_VIEWS of (foreground probability, density), each (B, 1, H, W), no gradients.
 
     `inferer(view, network)` must accept any H, W (rot90 swaps them), e.g. monai's SlidingWindowInferer. The
     network's train/eval mode is left to the caller.
     """
+    if not 1 <= views <= len(TTA_VIEWS):
+        raise ValueError(f"views must be in 1..{len(TTA_VIEWS)}, got {views}")
     if image.ndim != 4:
         raise ValueError(f"tta_predict expects a (B, C, H, W) tensor, got shape {tuple(image.shape)}")
     probability_sum = density_sum = None
     with torch.no_grad():
-        for _, turns, flip in TTA_VIEWS:
+        for _, turns, flip in TTA_VIEWS[:views]:
             probability, density = split_output(inferer(_apply(image, turns, flip), network))
             probability, density = _undo(probability, turns, flip), _undo(density, turns, flip)
             probability_sum = probability if probability_sum is None else probability_sum + probability
             density_sum = density if density_sum is None else density_sum + density
-    return probability_sum / len(TTA_VIEWS), density_sum / len(TTA_VIEWS)
+    return probability_sum / views, density_sum / views

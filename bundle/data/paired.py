@@ -1,0 +1,45 @@
+"""Source/target pairs for adaptation: one dataset item holds a source sample and a random target sample."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch.utils.data import Dataset
+
+TARGET_KEYS = ("label", "density", "density_mask")
+
+
+class PairedDataset(Dataset):
+    """Item i = {"source": source[i], "target": target[random]}; the target index uses torch's per-worker RNG."""
+
+    def __init__(self, source: Dataset, target: Dataset) -> None:
+        self.source = source
+        self.target = target
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        target_index = int(torch.randint(len(self.target), (1,)).item())
+        return {"source": self.source[index], "target": self.target[target_index]}
+
+
+def prepare_paired_batch(
+    batchdata: Mapping[str, Mapping[str, torch.Tensor]],
+    device: str | torch.device | None = None,
+    non_blocking: bool = False,
+    **kwargs,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(source and target images stacked, targets stacked + "num_source") for SupervisedTrainer and AdaptationLoss."""
+    source, target = batchdata["source"], batchdata["target"]
+    source_mask = torch.ones_like(source["density"])
+    targets = {
+        "label": torch.cat([source["label"], target["label"]]),
+        "density": torch.cat([source["density"], target["density"]]),
+        "density_mask": torch.cat([source.get("density_mask", source_mask), target["density_mask"]]),
+    }
+    moved = {k: v.to(device=device, non_blocking=non_blocking) for k, v in targets.items()}
+    moved["num_source"] = torch.tensor(len(source["image"]))
+    images = torch.cat([source["image"], target["image"]]).to(device=device, non_blocking=non_blocking)
+    return images, moved

@@ -1,0 +1,188 @@
+"""Self-training rounds on the target: detection pseudo-points (III-B) and segmentation pseudo-labels (III-C)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from torch.utils.tensorboard import SummaryWriter
+
+from bundle.data.density import density_map
+from bundle.data.io import read_volume, write_tiff
+from bundle.losses.multitask import IGNORE_INDEX
+from bundle.pseudo_labels import confident_peaks, density_background_mask, pseudo_label, select_new_peaks, tta_predict
+
+
+def points_by_slice(points: np.ndarray | None, num_slices: int) -> list[np.ndarray]:
+    """(N, 3) z, y, x points → one (M, 2) y, x array per slice."""
+    points = np.zeros((0, 3), np.int64) if points is None else np.asarray(points, np.int64).reshape(-1, 3)
+    return [points[points[:, 0] == z, 1:] for z in range(num_slices)]
+
+
+def stack_points(per_slice: Sequence[np.ndarray]) -> np.ndarray:
+    """One (M, 2) array per slice → (N, 3) z, y, x."""
+    rows = [np.column_stack([np.full(len(p), z), p]) for z, p in enumerate(per_slice) if len(p)]
+    return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 3), np.int64)
+
+
+def overlay(image: np.ndarray, label: np.ndarray, gt: np.ndarray, pseudo: np.ndarray) -> np.ndarray:
+    """RGB preview: pseudo-label foreground green, ignored blue, ground-truth points red, pseudo-points yellow."""
+    grey = np.clip((image - image.min()) / max(float(np.ptp(image)), 1e-6) * 255, 0, 255).astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=-1).astype(np.float32)
+    rgb[label == 1] = 0.5 * rgb[label == 1] + [0, 127, 0]
+    rgb[label == IGNORE_INDEX] = 0.7 * rgb[label == IGNORE_INDEX] + [0, 0, 76]
+    for points, colour in ((pseudo, (255, 255, 0)), (gt, (255, 0, 0))):
+        for y, x in points:
+            rgb[max(y - 3, 0) : y + 4, max(x - 3, 0) : x + 4] = colour
+    return rgb.astype(np.uint8)
+
+
+class PseudoLabelRounds:
+    """At the start of every `interval`-th epoch, until `num_rounds`: TTA-predict the target, add β% new density
+    peaks to the pseudo-points, rebuild target densities and their loss mask, and relabel the target with the
+    chosen pseudo-label rule (IPL uses Ω = ground-truth points + the `omega_fractions[r]` most confident peaks).
+    Labels are written to output_dir/round_r and swapped into the dataset; round and points live in the checkpoint.
+    """
+
+    def __init__(
+        self,
+        items: list[dict],
+        network: torch.nn.Module,
+        inferer,
+        output_dir: str | os.PathLike,
+        gt_points: np.ndarray | None = None,
+        dataset=None,
+        num_rounds: int = 4,
+        interval: int = 1,
+        beta: float = 0.2,
+        detection_rounds: int = 4,
+        omega_fractions: Sequence[float] = (0.0, 0.5, 0.95, 0.95),
+        kind: str = "ipl",
+        label_kwargs: dict | None = None,
+        sigma: float = 11.0,
+        tta_views: int = 5,
+        peak_min_distance: int = 7,
+        peak_threshold: float = 2e-4,
+        preview_slices: Sequence[int] = (0,),
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if len(omega_fractions) < num_rounds:
+            raise ValueError(f"omega_fractions needs one value per round ({num_rounds}), got {list(omega_fractions)}")
+        self.items, self.network, self.inferer, self.dataset = items, network, inferer, dataset
+        self.output_dir = Path(output_dir)
+        self.gt = points_by_slice(gt_points, len(items))
+        self.pseudo = [np.zeros((0, 2), np.int64) for _ in items]
+        self.round = 0
+        self.num_rounds, self.interval, self.beta, self.detection_rounds = num_rounds, interval, beta, detection_rounds
+        self.omega_fractions, self.kind, self.label_kwargs = list(omega_fractions), kind, dict(label_kwargs or {})
+        self.sigma, self.tta_views = sigma, tta_views
+        self.peaks = {"min_distance": peak_min_distance, "threshold_abs": peak_threshold}
+        self.preview_slices = [z for z in preview_slices if z < len(items)]
+        self.device = torch.device(device)
+        self.logger = logging.getLogger("mitoda.pseudo_labels")
+        self._writer: SummaryWriter | None = None
+
+    def attach(self, engine: Engine) -> None:
+        """Run due rounds when an epoch starts (after a resume, the restored round is not run again)."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Run round `self.round` if this epoch is a round epoch."""
+        epoch = engine.state.epoch  # 1-based, already incremented
+        if self.round < self.num_rounds and (epoch - 1) == self.round * self.interval:
+            self.run_round(engine.state.iteration)
+
+    def round_dir(self, r: int) -> Path:
+        """Folder of round r's files."""
+        return self.output_dir / f"round_{r}"
+
+    @torch.no_grad()
+    def run_round(self, iteration: int = 0) -> None:
+        """Compute, write and install the pseudo-labels of round `self.round`."""
+        r = self.round
+        was_training = self.network.training
+        self.network.eval()
+        labels, masks = [], []
+        for z, item in enumerate(self.items):
+            image = torch.as_tensor(item["image"], dtype=torch.float32, device=self.device)[None]
+            probability, density = (t[0, 0].cpu().numpy() for t in tta_predict(self.network, image, self.inferer, self.tta_views))
+            known = np.concatenate([self.gt[z], self.pseudo[z]])
+            if r < self.detection_rounds and self.beta > 0:
+                new = select_new_peaks(density, known, self.beta, min_distance=self.peaks["min_distance"], threshold_abs=self.peaks["threshold_abs"])
+                self.pseudo[z] = np.concatenate([self.pseudo[z], new]).astype(np.int64)
+            all_points = np.concatenate([self.gt[z], self.pseudo[z]])
+            background = density_background_mask(density, sigma=self.sigma, points=all_points, **self.peaks)
+            target_density = density_map(all_points, density.shape, self.sigma)
+            masks.append(((target_density > 1e-8) | background).astype(np.uint8))
+            if self.kind == "ipl":
+                omega = confident_peaks(density, self.omega_fractions[r], **self.peaks) if self.omega_fractions[r] > 0 else np.zeros((0, 2), np.int64)
+                labels.append(pseudo_label("ipl", probability, points=omega, density=density, gt_points=self.gt[z], **self.label_kwargs))
+            else:
+                labels.append(pseudo_label(self.kind, probability, **self.label_kwargs))
+        self.network.train(was_training)
+        self._write_round(r, np.stack(labels), np.stack(masks))
+        self.round = r + 1
+        self._install(r)
+        self._log(r, iteration, np.stack(labels))
+
+    def _write_round(self, r: int, labels: np.ndarray, masks: np.ndarray) -> None:
+        """Write labels.tif, density_mask.tif, pseudo_points.csv and previews into round_r (atomically)."""
+        final, partial = self.round_dir(r), self.output_dir / f".round_{r}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        write_tiff(partial / "labels.tif", labels)
+        write_tiff(partial / "density_mask.tif", masks)
+        np.savetxt(partial / "pseudo_points.csv", stack_points(self.pseudo), fmt="%d", delimiter=",", header="z,y,x", comments="")
+        for z in self.preview_slices:
+            iio.imwrite(partial / f"preview_z{z:03d}.png", overlay(self.items[z]["image"][0], labels[z], self.gt[z], self.pseudo[z]))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+
+    def _install(self, r: int) -> None:
+        """Put round r's labels, densities and masks into the target items and swap them into the dataset."""
+        labels = read_volume(self.round_dir(r) / "labels.tif")
+        masks = read_volume(self.round_dir(r) / "density_mask.tif")
+        for z, item in enumerate(self.items):
+            points = np.concatenate([self.gt[z], self.pseudo[z]])
+            item["label"] = labels[z][None]
+            item["density"] = density_map(points, labels[z].shape, self.sigma)[None]
+            item["density_mask"] = masks[z][None]
+        if self.dataset is not None and hasattr(self.dataset, "set_data"):
+            self.dataset.set_data(self.items)
+
+    def _log(self, r: int, iteration: int, labels: np.ndarray) -> None:
+        """Counts of the round to the log, round_r/summary.json and TensorBoard."""
+        summary = {
+            "round": r + 1,
+            "gt_points": int(sum(len(p) for p in self.gt)),
+            "pseudo_points": int(sum(len(p) for p in self.pseudo)),
+            "foreground_fraction": float((labels == 1).mean()),
+            "ignored_fraction": float((labels == IGNORE_INDEX).mean()),
+        }
+        (self.round_dir(r) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        self.logger.info(f"pseudo-label round {r + 1}/{self.num_rounds}: {summary}")
+        if self._writer is None:
+            self._writer = SummaryWriter(log_dir=str(self.output_dir.parent))
+        for key, value in summary.items():
+            if key != "round":
+                self._writer.add_scalar(f"pseudo_labels/{key}", value, iteration)
+        self._writer.flush()
+
+    def state_dict(self) -> dict:
+        """Round number and pseudo-points (the label files stay in round_r on disk)."""
+        return {"round": self.round, "pseudo_points": torch.as_tensor(stack_points(self.pseudo))}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the round and points and reinstall the last round's labels from disk."""
+        self.round = int(state["round"])
+        self.pseudo = points_by_slice(np.asarray(state["pseudo_points"]), len(self.items))
+        if self.round > 0:
+            self._install(self.round - 1)

@@ -1,0 +1,110 @@
+"""Point-supervised adaptation through `monai.bundle`: a short run on real crops, killed and resumed."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from bundle.data.io import read_volume
+from bundle.data.paired import PairedDataset, prepare_paired_batch
+from bundle.data.points import read_points, write_points
+from bundle.losses import AdaptationLoss, MultiTaskLoss
+from bundle.networks import MultiTaskUNet
+from tests.helpers import EPFL, REPO, VNC, need
+
+CROP = (slice(128, 384), slice(128, 384))
+TARGET_CROP = (slice(0, 256), slice(200, 456))  # holds published split1 points on EPFL slices 0-1
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real crops: 2 VNC slices (source), EPFL slices 0-1 (target, with the published split1 points inside the
+    crop) and 120-121 (validation), and an untrained width-16 source checkpoint."""
+    root = tmp_path_factory.mktemp("adapt")
+    paths = {name: root / f"{name}.tif" for name in ("src_image", "src_label", "tgt_image", "val_image", "val_label")}
+    arrays = (
+        read_volume(need(VNC / "raw"))[:2][(slice(None), *CROP)],
+        read_volume(VNC / "mitochondria")[:2][(slice(None), *CROP)],
+        tifffile.imread(need(EPFL / "training.tif"), key=[0, 1])[(slice(None), *TARGET_CROP)],
+        tifffile.imread(EPFL / "training.tif", key=[120, 121])[(slice(None), *CROP)],
+        tifffile.imread(EPFL / "training_instances.tif", key=[120, 121])[(slice(None), *CROP)],
+    )
+    for name, array in zip(paths, arrays):
+        tifffile.imwrite(paths[name], array, photometric="minisblack")
+    points = read_points(need(EPFL / "points" / "15pct_split1.csv"))
+    inside = (points[:, 0] < 2) & (points[:, 1] < 256) & (points[:, 2] >= 200) & (points[:, 2] < 456)
+    points = points[inside] - np.array([0, 0, 200])
+    assert len(points) >= 2
+    paths["points"] = root / "points.csv"
+    write_points(paths["points"], points)
+    torch.manual_seed(0)
+    paths["source_checkpoint"] = root / "source.pt"
+    torch.save(MultiTaskUNet(width=16).state_dict(), paths["source_checkpoint"])
+    return {"root": root, **paths}
+
+
+def adapt_command(crops: dict[str, Path], output_dir: Path, iterations: int) -> list[str]:
+    """A tiny CPU adaptation run (2 iterations per epoch, one pseudo-label round per epoch)."""
+    return [
+        sys.executable, "-m", "monai.bundle", "run",
+        "--config_file", "['configs/train.yaml','configs/adapt_wda.yaml']",
+        "--dataset_dir", str(crops["root"]),
+        "--source_image", str(crops["src_image"]), "--source_label", str(crops["src_label"]),
+        "--target_image", str(crops["tgt_image"]), "--target_slices", "all", "--target_points", str(crops["points"]),
+        "--val_image", str(crops["val_image"]), "--val_label", str(crops["val_label"]), "--val_slices", "all",
+        "--source_checkpoint", str(crops["source_checkpoint"]), "--output_dir", str(output_dir),
+        "--num_iterations", str(iterations), "--val_interval", "2", "--batch_size", "1", "--crop_size", "[128,128]",
+        "--num_workers", "0", "--tta_views", "2",
+    ]  # fmt: skip
+
+
+def test_paired_batch_and_loss_sum_per_domain() -> None:
+    source = [{"image": torch.zeros(1, 4, 4), "label": torch.ones(1, 4, 4), "density": torch.zeros(1, 4, 4)}]
+    target = [{"image": torch.ones(1, 4, 4), "label": torch.full((1, 4, 4), 255.0), "density": torch.zeros(1, 4, 4),
+               "density_mask": torch.zeros(1, 4, 4)}]  # fmt: skip
+    item = PairedDataset(source, target)[0]
+    batch = {d: {k: v[None] for k, v in item[d].items()} for d in ("source", "target")}
+    images, targets = prepare_paired_batch(batch)
+    assert images[:, 0, 0, 0].tolist() == [0.0, 1.0] and int(targets["num_source"]) == 1
+    assert targets["density_mask"][0].min() == 1 and targets["density_mask"][1].max() == 0
+    pred = torch.zeros(2, 3, 4, 4)
+    loss = AdaptationLoss(MultiTaskLoss())(pred, targets)
+    # source: CE ln 2 on 16 labelled pixels, density error 0; target: every pixel ignored and masked -> 0
+    assert loss.item() == pytest.approx(np.log(2), rel=1e-5)
+
+
+def test_adaptation_killed_and_resumed(crops: dict[str, Path], tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    command = adapt_command(crops, run_dir, iterations=6)
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_checkpoint = run_dir / "checkpoints" / "checkpoint_epoch=1.pt"
+    deadline = time.time() + 600
+    while not first_checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)  # killed somewhere in epoch 2
+    process.wait()
+    assert first_checkpoint.exists()
+    saved = torch.load(first_checkpoint, weights_only=True)
+    assert int(saved["pseudo_labels"]["round"]) == 1  # the round belongs to the checkpoint
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    assert "resumed from" in log
+    assert "pseudo-label round 1/" not in log  # round 1 was not redone
+    assert "pseudo-label round 2/" in log and "pseudo-label round 3/" in log
+    final = torch.load(run_dir / "checkpoints" / "checkpoint_epoch=3.pt", weights_only=True)
+    assert final["trainer"]["iteration"] == 6 and int(final["pseudo_labels"]["round"]) == 3
+    labels = read_volume(run_dir / "pseudo_labels" / "round_2" / "labels.tif")
+    assert labels.shape == (2, 256, 256) and set(np.unique(labels).tolist()) <= {0, 1, 255}
+    assert (run_dir / "pseudo_labels" / "round_2" / "preview_z000.png").is_file()
+    pseudo = np.loadtxt(run_dir / "pseudo_labels" / "round_2" / "pseudo_points.csv", delimiter=",", skiprows=1, ndmin=2)
+    assert pseudo.shape[1] == 3
+    assert (run_dir / "model.pt").is_file()
