@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from types import TracebackType
 
 
 class InputError(ValueError):
     """Bad user input; the message names the file, the problem and the fix on one line."""
+
+
+def input_error(path: str | os.PathLike, problem: str, fix: str) -> InputError:
+    """Build a one-line InputError '<path>: <problem>; <fix>'."""
+    prefix = f"{os.fspath(path)}: " if os.fspath(path) else ""
+    return InputError(re.sub(r"\s*[\r\n]+\s*", " ", f"{prefix}{problem}; {fix}"))
 
 
 def find_input_error(exc: BaseException | None) -> InputError | None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,11 @@ from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
 from bundle.errors import InputError
+from bundle.errors import input_error as _error
 
 __all__ = [
     "EMReader",
+    "atomic_output",
     "SLICE_SUFFIXES",
     "VOLUME_SUFFIXES",
     "check_same_shape",
@@ -43,12 +46,6 @@ GREY_FIX = "convert it to one grey channel (8/16-bit greyscale), e.g. with Fiji 
 
 
 # ----------------------------------------------------------------------------------------------------------- errors
-def _error(path: PathLike | str, problem: str, fix: str) -> InputError:
-    """Build a one-line InputError '<path>: <problem>; <fix>'."""
-    prefix = f"{os.fspath(path)}: " if os.fspath(path) else ""
-    return InputError(re.sub(r"\s*[\r\n]+\s*", " ", f"{prefix}{problem}; {fix}"))
-
-
 def _first_line(exc: BaseException) -> str:
     """Return an exception as 'Type: first line of message' (at most 200 characters)."""
     text = str(exc).strip().splitlines()
@@ -410,6 +407,20 @@ def check_same_shape(a: np.ndarray, b: np.ndarray, path_a: str, path_b: str) -> 
 
 
 # ----------------------------------------------------------------------------------------------------------- writing
+@contextmanager
+def atomic_output(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; it replaces `path` only if the block completes, else it is removed."""
+    path = Path(os.fspath(path)).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def write_tiff(path: PathLike, volume: np.ndarray) -> None:
     """Write a (Z, Y, X) (or 2D) array as a zlib-compressed multi-page TIFF, atomically (temp file + os.replace)."""
     import tifffile
@@ -419,10 +430,7 @@ def write_tiff(path: PathLike, volume: np.ndarray) -> None:
         raise ValueError(f"write_tiff expects a 2D or (Z, Y, X) array, got shape {volume.shape}")
     if volume.dtype == np.bool_:
         volume = volume.astype(np.uint8)
-    path = Path(os.fspath(path)).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
+    with atomic_output(path) as tmp:
         tifffile.imwrite(
             tmp,
             volume,
@@ -431,10 +439,6 @@ def write_tiff(path: PathLike, volume: np.ndarray) -> None:
             bigtiff=volume.nbytes > 2**31,
             metadata={"axes": "ZYX" if volume.ndim == 3 else "YX"},
         )
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # ----------------------------------------------------------------------------------------------------------- MONAI

@@ -17,15 +17,15 @@ import csv
 import io
 import os
 import re
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from bundle.data.density import density_map, instance_centres
-from bundle.data.io import parse_slices, read_volume
+from bundle.data.io import atomic_output, parse_slices, read_volume
 from bundle.errors import InputError
+from bundle.errors import input_error as _error
 
 __all__ = [
     "density_from_points",
@@ -46,12 +46,6 @@ FORMAT_FIX = "save the points as CSV with the header 'z,y,x' (0-based pixel indi
 
 
 # ----------------------------------------------------------------------------------------------------------- errors
-def _error(path: PathLike | str, problem: str, fix: str) -> InputError:
-    """Build a one-line InputError '<path>: <problem>; <fix>'."""
-    prefix = f"{os.fspath(path)}: " if os.fspath(path) else ""
-    return InputError(re.sub(r"\s*[\r\n]+\s*", " ", f"{prefix}{problem}; {fix}"))
-
-
 def _as_points(points: np.ndarray | Sequence, name: str = "points") -> np.ndarray:
     """Return points as an (N, 3) int64 array; raise ValueError for any other shape or non-integer values."""
     array = np.asarray(points)
@@ -140,22 +134,14 @@ def write_points(path: PathLike, points: np.ndarray, napari: bool = False) -> No
     points = _as_points(points)
     if len(points) == 0:
         raise ValueError("no points to write (read_points rejects a CSV without points)")
-    path = Path(os.fspath(path)).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            if napari:
-                writer.writerow(NAPARI_COLUMNS)
-                writer.writerows([i, *(repr(float(v)) for v in row)] for i, row in enumerate(points.tolist()))
-            else:
-                writer.writerow(OUR_COLUMNS)
-                writer.writerows(points.tolist())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        if napari:
+            writer.writerow(NAPARI_COLUMNS)
+            writer.writerows([i, *(repr(float(v)) for v in row)] for i, row in enumerate(points.tolist()))
+        else:
+            writer.writerow(OUR_COLUMNS)
+            writer.writerows(points.tolist())
 
 
 # ----------------------------------------------------------------------------------------------------------- checks

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from bundle.data.dataset import load_label_instances
-from bundle.data.io import parse_slices, read_volume
+from bundle.data.io import atomic_output, parse_slices, read_volume
 from bundle.errors import InputError
 from bundle.metrics.instance import instance_scores
 from bundle.metrics.segmentation import slice_and_volume_scores
@@ -76,8 +76,6 @@ def evaluate_predictions(
         )
     scores = score_volume(probability.astype(np.float32), instances, labels, threshold)
     scores.update(prediction_dir=str(prediction_dir), label=str(label), slices=slices)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    partial = output_dir / "metrics.json.partial"
-    partial.write_text(json.dumps(scores, indent=2) + "\n")
-    os.replace(partial, output_dir / "metrics.json")
+    with atomic_output(output_dir / "metrics.json") as partial:
+        partial.write_text(json.dumps(scores, indent=2) + "\n")
     return scores
