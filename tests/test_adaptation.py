@@ -108,3 +108,45 @@ def test_adaptation_killed_and_resumed(crops: dict[str, Path], tmp_path: Path) -
     pseudo = np.loadtxt(run_dir / "pseudo_labels" / "round_2" / "pseudo_points.csv", delimiter=",", skiprows=1, ndmin=2)
     assert pseudo.shape[1] == 3
     assert (run_dir / "model.pt").is_file()
+
+
+class _FixedOutput(torch.nn.Module):
+    """A stand-in network whose output is a fixed (1, 3, H, W) tensor, whatever the input."""
+
+    def __init__(self, output: torch.Tensor) -> None:
+        super().__init__()
+        self.output = output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output
+
+
+def _round_labels(tmp_path: Path, density_confirms_background: bool) -> np.ndarray:
+    """Labels of one IPL round on a 64x64 slice: a confident disk at (16, 16) holding a ground-truth point, and
+    a density peak at (46, 46) where the segmentation is unsure (p = 0.1), i.e. a mitochondrion it missed."""
+    from bundle.data.density import density_map
+    from bundle.handlers import PseudoLabelRounds
+
+    yy, xx = np.mgrid[:64, :64]
+    probability = np.where((yy - 16) ** 2 + (xx - 16) ** 2 <= 36, 0.9, 0.1)
+    logits = np.stack([np.zeros_like(probability), np.log(probability / (1 - probability))])
+    density = density_map(np.array([[16, 16], [46, 46]]), (64, 64), sigma=3.0)
+    output = torch.as_tensor(np.concatenate([logits, density[None]]), dtype=torch.float32)[None]
+    items = [{"image": np.zeros((1, 64, 64), np.float32)}]
+    rounds = PseudoLabelRounds(
+        items, _FixedOutput(output), lambda x, net: net(x), tmp_path / f"pl_{density_confirms_background}",
+        gt_points=np.array([[0, 16, 16]]), num_rounds=1, omega_fractions=[0.0], sigma=3.0, tta_views=1, beta=0.0,
+        density_confirms_background=density_confirms_background,
+    )  # fmt: skip
+    rounds.run_round()
+    assert rounds.round == 1 and items[0]["label"].shape == (1, 64, 64)
+    return items[0]["label"][0]
+
+
+def test_density_confirms_background(tmp_path: Path) -> None:
+    plain = _round_labels(tmp_path, density_confirms_background=False)
+    checked = _round_labels(tmp_path, density_confirms_background=True)
+    assert plain[16, 16] == checked[16, 16] == 1  # the disk with a ground-truth point is an instance
+    assert plain[46, 46] == 0  # p = 0.1: background for IPL alone ...
+    assert checked[46, 46] == 255  # ... but the density head sees an instance there: ignored
+    assert plain[2, 60] == checked[2, 60] == 0  # far from both peaks: background either way

@@ -48,7 +48,8 @@ def overlay(image: np.ndarray, label: np.ndarray, gt: np.ndarray, pseudo: np.nda
 class PseudoLabelRounds:
     """At the start of every `interval`-th epoch, until `num_rounds`: TTA-predict the target, add β% new density
     peaks to the pseudo-points, rebuild target densities and their loss mask, and relabel the target with the
-    chosen pseudo-label rule (IPL uses Ω = ground-truth points + the `omega_fractions[r]` most confident peaks).
+    chosen pseudo-label rule (IPL uses Ω = ground-truth points + the `omega_fractions[r]` most confident peaks);
+    with `density_confirms_background`, background labels also need the density's confident background.
     Labels are written to output_dir/round_r and swapped into the dataset; round and points live in the checkpoint.
     """
 
@@ -72,6 +73,7 @@ class PseudoLabelRounds:
         peak_min_distance: int = 7,
         peak_threshold: float = 2e-4,
         preview_slices: Sequence[int] = (0,),
+        density_confirms_background: bool = False,
         device: str | torch.device = "cpu",
     ) -> None:
         if len(omega_fractions) < num_rounds:
@@ -86,6 +88,7 @@ class PseudoLabelRounds:
         self.sigma, self.tta_views = sigma, tta_views
         self.peaks = {"min_distance": peak_min_distance, "threshold_abs": peak_threshold}
         self.preview_slices = [z for z in preview_slices if z < len(items)]
+        self.density_confirms_background = density_confirms_background
         self.device = torch.device(device)
         self.logger = logging.getLogger("mitoda.pseudo_labels")
         self._writer: SummaryWriter | None = None
@@ -127,6 +130,9 @@ class PseudoLabelRounds:
                 labels.append(pseudo_label("ipl", probability, points=omega, density=density, gt_points=self.gt[z], **self.label_kwargs))
             else:
                 labels.append(pseudo_label(self.kind, probability, **self.label_kwargs))
+            if self.density_confirms_background:
+                # cross-task teaching: background only where the detection head also sees no instance nearby
+                labels[-1][(labels[-1] == 0) & ~background] = IGNORE_INDEX
         self.network.train(was_training)
         self._write_round(r, np.stack(labels), np.stack(masks))
         self.round = r + 1
