@@ -61,13 +61,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from bundle.data.dataset import load_label_instances
-    from bundle.data.io import parse_slices
+    from bundle.data.io import parse_slices, read_label_instances
     from bundle.data.points import simulate_points, write_points
     from bundle.errors import InputError
 
     try:
-        instances = load_label_instances(args.instances)
+        instances = read_label_instances(args.instances)
         slices = parse_slices(args.slices, int(instances.shape[0]), "--slices")
     except InputError as exc:
         _fail(str(exc))

@@ -369,3 +369,19 @@ def test_epfl_protocol_split(epfl_image: np.ndarray) -> None:
     val = select_slices(epfl_image, "120-164", str(EPFL / "training.tif"))
     assert adapt.shape[0] == 120 and val.shape[0] == 45
     _raises_one_line(select_slices, epfl_image, "5-200", str(EPFL / "training.tif"), name="training.tif")
+
+
+def test_read_label_instances_masks_and_ids(tmp_path: Path) -> None:
+    from bundle.data.io import read_label_instances
+
+    two_blobs = np.zeros((1, 8, 8), np.uint16)
+    two_blobs[0, 1:3, 1:3] = 1
+    two_blobs[0, 5:7, 5:7] = 1
+    _tif(tmp_path / "binary16.tif", two_blobs)  # a 0/1 mask stored in 16 bits: two components, not one id
+    assert sorted(np.unique(read_label_instances(tmp_path / "binary16.tif")).tolist()) == [0, 1, 2]
+    _tif(tmp_path / "antialiased.tif", (two_blobs * 200 + 60 * (two_blobs == 0)).astype(np.uint8))  # 60 is background
+    assert sorted(np.unique(read_label_instances(tmp_path / "antialiased.tif")).tolist()) == [0, 1, 2]
+    ids = two_blobs * 7
+    ids[0, 5:7, 5:7] = 300
+    _tif(tmp_path / "ids.tif", ids)  # 16-bit ids are kept as they are
+    assert sorted(np.unique(read_label_instances(tmp_path / "ids.tif")).tolist()) == [0, 7, 300]

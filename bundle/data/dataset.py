@@ -11,7 +11,7 @@ import torch
 from monai.transforms import NormalizeIntensity
 
 from bundle.data.density import centre_density
-from bundle.data.io import check_same_shape, instances_from_mask, read_volume, select_slices
+from bundle.data.io import check_same_shape, read_label_instances, read_volume, select_slices
 from bundle.errors import InputError
 
 PathLike = str | os.PathLike
@@ -28,20 +28,6 @@ def normalize_slices(volume: np.ndarray, path: PathLike = "") -> np.ndarray:
     return np.asarray(NormalizeIntensity(channel_wise=True, dtype=np.float32)(volume))
 
 
-def load_label_instances(label: PathLike, mask_threshold: int = 127, key: str | None = None) -> np.ndarray:
-    """Instance ids (Z, Y, X): 8-bit volumes are masks split into 2D components, wider integer volumes are ids."""
-    raw = read_volume(label, key=key)
-    if raw.dtype in (np.uint8, np.bool_):
-        # 0/1 masks, 0/255 masks and anti-aliased masks (VNC: foreground > 127) alike
-        foreground = raw > 0 if raw.max() <= 1 else raw > mask_threshold
-        return instances_from_mask(foreground)
-    if not np.issubdtype(raw.dtype, np.integer):
-        raise InputError(f"{label}: label has dtype {raw.dtype}; pass an 8-bit mask or an integer instance volume")
-    if raw.min() < 0:
-        raise InputError(f"{label}: label has negative values; pass an 8-bit mask or non-negative instance ids")
-    return raw.astype(np.int32 if raw.max() <= np.iinfo(np.int32).max else np.int64)
-
-
 def load_slices(
     image: PathLike,
     label: PathLike | None = None,
@@ -56,7 +42,7 @@ def load_slices(
     raw = read_volume(image, key=key)
     instances = None
     if label is not None:
-        instances = load_label_instances(label, mask_threshold, key=key)
+        instances = read_label_instances(label, key=key, threshold=mask_threshold)
         check_same_shape(raw, instances, str(image), str(label))
         instances = select_slices(instances, slices, path=str(label))
     volume = normalize_slices(select_slices(raw, slices, path=str(image)), image)

@@ -30,6 +30,7 @@ __all__ = [
     "instances_from_mask",
     "parse_slices",
     "read_instances",
+    "read_label_instances",
     "read_mask",
     "read_volume",
     "select_slices",
@@ -277,9 +278,8 @@ def read_volume(path: PathLike, key: str | None = None) -> np.ndarray:
     return _check_volume(data, path)
 
 
-def read_mask(path: PathLike, key: str | None = None, threshold: int = 127) -> np.ndarray:
-    """Read a binary mask as uint8 0/1: foreground is `> threshold` (0/1 integer masks are taken as they are)."""
-    data = read_volume(path, key)
+def _binarise(data: np.ndarray, threshold: int, path: PathLike) -> np.ndarray:
+    """uint8 0/1 mask: foreground is `> threshold` (0/1 integer masks are taken as they are)."""
     if data.dtype.kind == "b" or (data.dtype.kind in "iu" and data.min() >= 0 and data.max() <= 1):
         return (data > 0).astype(np.uint8)
     mask = (data > threshold).astype(np.uint8)
@@ -293,9 +293,8 @@ def read_mask(path: PathLike, key: str | None = None, threshold: int = 127) -> n
     return mask
 
 
-def read_instances(path: PathLike, key: str | None = None) -> np.ndarray:
-    """Read an instance-label volume (0 = background) as int32, or int64 when ids exceed the int32 range."""
-    data = read_volume(path, key)
+def _as_instances(data: np.ndarray, path: PathLike) -> np.ndarray:
+    """Instance ids (0 = background) as int32, or int64 when ids exceed the int32 range."""
     if data.dtype.kind == "b":
         return data.astype(np.int32)
     if data.dtype.kind == "f" and not np.array_equal(data, np.round(data)):
@@ -306,6 +305,25 @@ def read_instances(path: PathLike, key: str | None = None) -> np.ndarray:
     if high > np.iinfo(np.int64).max:
         raise _error(path, f"instance ids exceed the int64 range (max {high})", "relabel the instances consecutively")
     return data.astype(np.int32 if high <= np.iinfo(np.int32).max else np.int64)
+
+
+def read_mask(path: PathLike, key: str | None = None, threshold: int = 127) -> np.ndarray:
+    """Read a binary mask as uint8 0/1: foreground is `> threshold` (0/1 integer masks are taken as they are)."""
+    return _binarise(read_volume(path, key), threshold, path)
+
+
+def read_instances(path: PathLike, key: str | None = None) -> np.ndarray:
+    """Read an instance-label volume (0 = background) as int32, or int64 when ids exceed the int32 range."""
+    return _as_instances(read_volume(path, key), path)
+
+
+def read_label_instances(path: PathLike, key: str | None = None, threshold: int = 127) -> np.ndarray:
+    """Instance ids (Z, Y, X) of a label file: 8-bit or 0/1 volumes are masks split into 2D components, others ids."""
+    data = read_volume(path, key)
+    binary = data.dtype.kind in "iu" and data.size and data.max() <= 1
+    if data.dtype in (np.uint8, np.bool_) or binary:  # 0/1, 0/255 and anti-aliased masks (VNC: > 127) alike
+        return instances_from_mask(_binarise(data, threshold, path))
+    return _as_instances(data, path)
 
 
 def instances_from_mask(mask: np.ndarray) -> np.ndarray:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bundle.data.dataset import load_label_instances
-from bundle.data.io import atomic_output, parse_slices, read_volume
+from bundle.data.io import atomic_output, parse_slices, read_label_instances, read_volume
 from bundle.errors import InputError
 from bundle.metrics.instance import instance_scores
 from bundle.metrics.segmentation import slice_and_volume_scores
@@ -68,7 +67,7 @@ def evaluate_predictions(
         raise InputError(f"{output_dir}: output_dir is a file; pass a folder path for metrics.json")
     probability = read_volume(prediction_dir / "probability.tif")
     instances = read_volume(prediction_dir / "instances.tif")
-    labels = _matching_slices(load_label_instances(label, mask_threshold), len(probability), slices, str(label))
+    labels = _matching_slices(read_label_instances(label, threshold=mask_threshold), len(probability), slices, str(label))
     if probability.shape != labels.shape or instances.shape != labels.shape:
         raise InputError(
             f"{prediction_dir}: prediction shape {probability.shape} does not match label {label} shape {labels.shape}; "
