@@ -96,6 +96,11 @@ def test_estimate_count_ignores_the_density_floor() -> None:
     assert estimate_count(density) == pytest.approx(4.0, rel=0.01)
 
 
+def test_density_background_mask_ignores_the_floor() -> None:
+    density = density_map(FIVE[:2], SHAPE, sigma=5.0)
+    np.testing.assert_array_equal(density_background_mask(density + 1e-4, sigma=5.0), density_background_mask(density, sigma=5.0))
+
+
 def test_density_background_mask_near_and_far() -> None:
     density = density_map(FIVE[:2], SHAPE, sigma=5.0)  # peaks at (20, 20) and (20, 100)
     mask = density_background_mask(density, sigma=5.0)  # radius 3σ = 15 px, density < 1e-5
@@ -105,7 +110,7 @@ def test_density_background_mask_near_and_far() -> None:
     assert not mask[20, 36]  # 16 px away: beyond 3σ, but the Gaussian (≈ 4.8e-5) is not below `low` yet
     # no peak and no density: everything is background; density just under the peak threshold: nothing is
     assert density_background_mask(np.zeros(SHAPE)).all()
-    assert not density_background_mask(np.full(SHAPE, 1e-4)).any()
+    assert density_background_mask(np.full(SHAPE, 1e-4)).all()  # a uniform map is all floor: all background
     # a known point counts as a peak even where the density is empty
     with_point = density_background_mask(np.zeros(SHAPE), sigma=5.0, points=np.array([[50, 50]]))
     assert not with_point[50, 60] and with_point[50, 70]

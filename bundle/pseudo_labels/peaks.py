@@ -51,14 +51,19 @@ def _round_half_up(value: float) -> int:
     return int(math.floor(value + 0.5))
 
 
+def above_floor(density: np.ndarray) -> np.ndarray:
+    """Density minus the slice's floor (its median: most pixels are background), as float64."""
+    density = np.asarray(_check_slice(density), dtype=np.float64)
+    return density - np.median(density)
+
+
 def estimate_count(density: np.ndarray) -> float:
     """Instance count of a slice: the sum of its density above the slice's floor (its median, ~0 on clean maps).
 
     The softplus density head never reaches 0: on a 768x1024 EPFL slice its ~1e-4 floor alone sums to ~45
     instances, while the floor-removed mass is within 1-3 of the true count (docs/methods.md).
     """
-    density = np.asarray(_check_slice(density), dtype=np.float64)
-    return float(np.clip(density - np.median(density), 0.0, None).sum())
+    return float(np.clip(above_floor(density), 0.0, None).sum())
 
 
 def find_peaks(
@@ -117,7 +122,8 @@ def density_background_mask(
     threshold_abs: float = 2e-4,
     points: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Confident background of a density map: farther than radius_sigmas·σ from every peak (and point), density < low.
+    """Confident background of a density map: farther than radius_sigmas·σ from every peak (and point), and density
+    less than `low` above the slice's floor (the softplus head never reaches 0, see `estimate_count`).
 
     With σ = 11 one isolated instance's Gaussian falls to 1e-5 at about 3.1σ, so both conditions agree for
     clean maps; the distance condition guards weak instances whose peak is just above `threshold_abs`, the
@@ -135,5 +141,5 @@ def density_background_mask(
         far = ndimage.distance_transform_edt(seeds) > radius_sigmas * sigma
     else:
         far = np.ones(density.shape, dtype=bool)
-    return far & (density < low)
+    return far & (above_floor(density) < low)
 
