@@ -113,7 +113,7 @@ class PseudoLabelRounds:
         r = self.round
         was_training = self.network.training
         self.network.eval()
-        labels, masks = [], []
+        labels, masks, densities = [], [], []
         for z, item in enumerate(self.items):
             image = torch.as_tensor(item["image"], dtype=torch.float32, device=self.device)[None]
             probability, density = (t[0, 0].cpu().numpy() for t in tta_predict(self.network, image, self.inferer, self.tta_views))
@@ -123,8 +123,8 @@ class PseudoLabelRounds:
                 self.pseudo[z] = np.concatenate([self.pseudo[z], new]).astype(np.int64)
             all_points = np.concatenate([self.gt[z], self.pseudo[z]])
             background = density_background_mask(density, sigma=self.sigma, points=all_points, **self.peaks)
-            target_density = density_map(all_points, density.shape, self.sigma)
-            masks.append(((target_density > 1e-8) | background).astype(np.uint8))
+            densities.append(self._target_density(z, density.shape))
+            masks.append(((densities[-1] > 1e-8) | background).astype(np.uint8))
             if self.kind == "ipl":
                 omega = confident_peaks(density, self.omega_fractions[r], **self.peaks) if self.omega_fractions[r] > 0 else np.zeros((0, 2), np.int64)
                 labels.append(pseudo_label("ipl", probability, points=omega, density=density, gt_points=self.gt[z], **self.label_kwargs))
@@ -134,10 +134,11 @@ class PseudoLabelRounds:
                 # cross-task teaching: background only where the detection head also sees no instance nearby
                 labels[-1][(labels[-1] == 0) & ~background] = IGNORE_INDEX
         self.network.train(was_training)
-        self._write_round(r, np.stack(labels), np.stack(masks))
+        labels = np.stack(labels)
+        self._write_round(r, labels, np.stack(masks))
         self.round = r + 1
-        self._install(r)
-        self._log(r, iteration, np.stack(labels))
+        self._install(labels, masks, densities)
+        self._log(r, iteration, labels)
 
     def _write_round(self, r: int, labels: np.ndarray, masks: np.ndarray) -> None:
         """Write labels.tif, density_mask.tif, pseudo_points.csv and previews into round_r (atomically)."""
@@ -152,15 +153,14 @@ class PseudoLabelRounds:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
 
-    def _install(self, r: int) -> None:
-        """Put round r's labels, densities and masks into the target items and swap them into the dataset."""
-        labels = read_volume(self.round_dir(r) / "labels.tif")
-        masks = read_volume(self.round_dir(r) / "density_mask.tif")
-        for z, item in enumerate(self.items):
-            points = np.concatenate([self.gt[z], self.pseudo[z]])
-            item["label"] = labels[z][None]
-            item["density"] = density_map(points, labels[z].shape, self.sigma)[None]
-            item["density_mask"] = masks[z][None]
+    def _target_density(self, z: int, shape: tuple[int, int]) -> np.ndarray:
+        """Target density of slice z: one Gaussian per ground-truth and pseudo point."""
+        return density_map(np.concatenate([self.gt[z], self.pseudo[z]]), shape, self.sigma)
+
+    def _install(self, labels: Sequence[np.ndarray], masks: Sequence[np.ndarray], densities: Sequence[np.ndarray]) -> None:
+        """Put a round's labels, densities and masks into the target items and swap them into the dataset."""
+        for item, label, mask, density in zip(self.items, labels, masks, densities):
+            item["label"], item["density_mask"], item["density"] = label[None], mask[None], density[None]
         if self.dataset is not None and hasattr(self.dataset, "set_data"):
             self.dataset.set_data(self.items)
 
@@ -191,4 +191,6 @@ class PseudoLabelRounds:
         self.round = int(state["round"])
         self.pseudo = points_by_slice(np.asarray(state["pseudo_points"]), len(self.items))
         if self.round > 0:
-            self._install(self.round - 1)
+            labels = read_volume(self.round_dir(self.round - 1) / "labels.tif")
+            masks = read_volume(self.round_dir(self.round - 1) / "density_mask.tif")
+            self._install(labels, masks, [self._target_density(z, label.shape) for z, label in enumerate(labels)])
