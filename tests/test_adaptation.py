@@ -15,6 +15,7 @@ import torch
 
 from bundle.data.io import read_volume
 from bundle.data.paired import PairedDataset, prepare_paired_batch
+from bundle.handlers.resume import ResumeFromLatest, latest_checkpoint, readable
 from bundle.data.points import read_points, write_points
 from bundle.losses import AdaptationLoss, MultiTaskLoss
 from bundle.networks import MultiTaskUNet
@@ -87,9 +88,9 @@ def test_adaptation_killed_and_resumed(crops: dict[str, Path], tmp_path: Path) -
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first_checkpoint = run_dir / "checkpoints" / "checkpoint_epoch=1.pt"
     deadline = time.time() + 600
-    while not first_checkpoint.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)  # killed somewhere in epoch 2
+    while not (first_checkpoint.exists() and readable(first_checkpoint)) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)  # MONAI writes checkpoints in place: wait until epoch 1's is complete
+    process.send_signal(signal.SIGKILL)  # killed somewhere in epoch 2 (maybe while saving it)
     process.wait()
     assert first_checkpoint.exists()
     saved = torch.load(first_checkpoint, weights_only=True)
@@ -150,3 +151,21 @@ def test_density_confirms_background(tmp_path: Path) -> None:
     assert plain[46, 46] == 0  # p = 0.1: background for IPL alone ...
     assert checked[46, 46] == 255  # ... but the density head sees an instance there: ignored
     assert plain[2, 60] == checked[2, 60] == 0  # far from both peaks: background either way
+
+
+def test_resume_skips_a_checkpoint_truncated_while_saving(tmp_path: Path) -> None:
+    from ignite.engine import Engine
+
+    network = torch.nn.Linear(2, 1)
+    trainer = Engine(lambda engine, batch: None)
+    trainer.state.epoch, trainer.state.iteration, trainer.state.epoch_length, trainer.state.max_epochs = 1, 4, 4, 3
+    torch.save({"model": network.state_dict(), "trainer": trainer.state_dict()}, tmp_path / "checkpoint_epoch=1.pt")
+    whole = (tmp_path / "checkpoint_epoch=1.pt").read_bytes()
+    (tmp_path / "checkpoint_epoch=2.pt").write_bytes(whole[: len(whole) // 2])  # killed halfway through saving
+    assert not readable(tmp_path / "checkpoint_epoch=2.pt")
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint_epoch=1.pt"
+    fresh = Engine(lambda engine, batch: None)
+    restored = torch.nn.Linear(2, 1)
+    ResumeFromLatest(tmp_path, {"model": restored, "trainer": fresh})(fresh)
+    assert fresh.state.iteration == 4
+    torch.testing.assert_close(restored.weight, network.weight)

@@ -90,3 +90,41 @@ def test_paper_recipe_resolves(monkeypatch) -> None:
         parser.read_config(files)
         assert parser.get_parsed_content("network_def").features[0] == 32
     assert parser.get_parsed_content("crop_size") == [512, 512]
+
+
+def test_predictor_reads_every_format_slice_by_slice(volume_path, tmp_path) -> None:
+    import h5py
+    import imageio.v3 as iio
+    import nibabel as nib
+
+    data = tifffile.imread(volume_path)
+    reference = read_volume(_predictor()(volume_path, tmp_path / "tif")["probability.tif"])
+    with h5py.File(tmp_path / "vol.h5", "w") as handle:
+        handle.create_dataset("raw", data=data, chunks=(1, 80, 96))
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(data.T), np.eye(4)), tmp_path / "vol.nii.gz")
+    (tmp_path / "slices").mkdir()
+    for z, image in enumerate(data):
+        iio.imwrite(tmp_path / "slices" / f"s{z}.png", image)
+    for name in ("vol.h5", "vol.nii.gz", "slices"):
+        probability = read_volume(_predictor()(tmp_path / name, tmp_path / f"out_{name}")["probability.tif"])
+        np.testing.assert_allclose(probability, reference, atol=1e-6, err_msg=name)
+    tifffile.imwrite(tmp_path / "one.tif", data[1], photometric="minisblack")  # a 2D image is one slice
+    one = read_volume(_predictor()(tmp_path / "one.tif", tmp_path / "out_one")["probability.tif"])
+    np.testing.assert_allclose(one, reference[1:2], atol=1e-6)
+
+
+def test_predictor_refuses_4d_constant_and_nan_slices(volume_path, tmp_path) -> None:
+    tifffile.imwrite(tmp_path / "4d.tif", np.ones((2, 2, 32, 32), np.uint8), photometric="minisblack")
+    assert "4 dimensions" in raises_one_line(_predictor(), tmp_path / "4d.tif", tmp_path / "out4", name="4d.tif")
+    assert not (tmp_path / "out4").exists()
+    data = tifffile.imread(volume_path)
+    data[1] = 7
+    tifffile.imwrite(tmp_path / "blank.tif", data, photometric="minisblack")
+    msg = raises_one_line(_predictor(), tmp_path / "blank.tif", tmp_path / "out", name="blank.tif")
+    assert "slice 1 is constant" in msg and "--slices" in msg
+    assert list((tmp_path / "out").iterdir()) == []  # the partial files of slice 0 are gone
+    floats = data.astype(np.float32)
+    floats[0, 3, 4] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", floats, photometric="minisblack")
+    assert "slice 0 contains NaN" in raises_one_line(_predictor(), tmp_path / "nan.tif", tmp_path / "out_nan", name="nan.tif")
+    assert not (tmp_path / "out_nan").exists()  # the first slice is checked before anything is created

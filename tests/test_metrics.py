@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
+import tifffile
 import torch
 from monai.metrics import compute_average_precision, compute_panoptic_quality
 
@@ -22,6 +25,9 @@ from bundle.metrics import (
     panoptic_quality,
     slice_and_volume_scores,
 )
+from bundle.metrics.evaluate import evaluate_predictions
+from bundle.metrics.overlay import error_overlay
+from tests.helpers import raises_one_line
 
 APPROX = 1e-6
 
@@ -363,3 +369,79 @@ def test_shape_mismatch_raises() -> None:
             call()
     with pytest.raises(ValueError, match="Z, Y, X"):
         slice_and_volume_scores(a2, a2, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation overlays
+# ---------------------------------------------------------------------------------------------
+
+# On a black pixel (grey 0) a colour c blends to rint(0.5 * 0 + 0.5 * c): 255 -> rint(127.5) = 128.
+TP_ON_BLACK, FP_ON_BLACK, FN_ON_BLACK = (0, 128, 0), (128, 0, 0), (0, 0, 128)
+
+
+def overlay_case(depth: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, probability, labels) of `depth` 4x4 slices: black image with one white pixel at (3, 3);
+    (0, 0) true positive, (0, 1) false positive, (1, 0) false negative, the rest true negative."""
+    image = np.zeros((depth, 4, 4), np.uint8)
+    image[:, 3, 3] = 255
+    probability = np.zeros((depth, 4, 4), np.float32)
+    probability[:, 0, 0] = 0.9
+    probability[:, 0, 1] = 0.5  # >= threshold 0.5 is foreground
+    probability[:, 1, 0] = 0.4
+    labels = np.zeros((depth, 4, 4), np.uint16)
+    labels[:, 0, 0] = labels[:, 1, 0] = 7
+    return image, probability, labels
+
+
+def test_error_overlay_colours() -> None:
+    image, probability, labels = overlay_case()
+    rgb = error_overlay(image[0], probability[0] >= 0.5, labels[0] > 0)
+    assert rgb.dtype == np.uint8 and rgb.shape == (4, 4, 3)
+    assert tuple(rgb[0, 0]) == TP_ON_BLACK
+    assert tuple(rgb[0, 1]) == FP_ON_BLACK
+    assert tuple(rgb[1, 0]) == FN_ON_BLACK
+    assert tuple(rgb[1, 1]) == (0, 0, 0) and tuple(rgb[3, 3]) == (255, 255, 255)  # true negatives: the grey image
+
+
+def write_overlay_case(root: Path, depth: int = 3) -> dict[str, Path]:
+    """The overlay case as prediction folder, label and image files under `root`."""
+    image, probability, labels = overlay_case(depth)
+    paths = {"pred": root / "pred", "label": root / "label.tif", "image": root / "image.tif", "out": root / "scores"}
+    paths["pred"].mkdir(parents=True)
+    tifffile.imwrite(paths["pred"] / "probability.tif", probability, photometric="minisblack")
+    tifffile.imwrite(paths["pred"] / "instances.tif", (probability >= 0.5).astype(np.uint16), photometric="minisblack")
+    tifffile.imwrite(paths["label"], labels, photometric="minisblack")
+    tifffile.imwrite(paths["image"], image, photometric="minisblack")
+    return paths
+
+
+def test_evaluate_writes_overlays(tmp_path: Path) -> None:
+    paths = write_overlay_case(tmp_path)
+    evaluate_predictions(paths["pred"], paths["label"], paths["out"], image=paths["image"], overlay_slices=[2, 0, 44])
+    assert sorted(p.name for p in paths["out"].iterdir()) == ["metrics.json", "overlay_z000.png", "overlay_z002.png"]
+    rgb = iio.imread(paths["out"] / "overlay_z002.png")
+    assert rgb.shape == (4, 4, 3)
+    assert (tuple(rgb[0, 0]), tuple(rgb[0, 1]), tuple(rgb[1, 0])) == (TP_ON_BLACK, FP_ON_BLACK, FN_ON_BLACK)
+
+
+def test_evaluate_default_and_no_overlays(tmp_path: Path) -> None:
+    paths = write_overlay_case(tmp_path)
+    # the default overlay_slices [0, 22, 44] on 3 slices draws slice 0 only
+    evaluate_predictions(paths["pred"], paths["label"], paths["out"], image=paths["image"])
+    assert sorted(p.name for p in paths["out"].iterdir()) == ["metrics.json", "overlay_z000.png"]
+    evaluate_predictions(paths["pred"], paths["label"], tmp_path / "none", overlay_slices=[])
+    assert [p.name for p in (tmp_path / "none").iterdir()] == ["metrics.json"]
+
+
+def test_evaluate_overlay_bad_input_writes_nothing(tmp_path: Path) -> None:
+    paths = write_overlay_case(tmp_path)
+    wrong = tmp_path / "wrong.tif"
+    tifffile.imwrite(wrong, np.zeros((3, 4, 5), np.uint8), photometric="minisblack")
+    raises_one_line(evaluate_predictions, paths["pred"], paths["label"], paths["out"], image=wrong, name="wrong.tif")
+    raises_one_line(evaluate_predictions, paths["pred"], paths["label"], paths["out"], name="--image")
+    common = (evaluate_predictions, paths["pred"], paths["label"], paths["out"])
+    raises_one_line(*common, image=paths["image"], overlay_slices=[-1], name="overlay_slices")
+    nan = tmp_path / "nan.tif"
+    tifffile.imwrite(nan, np.full((3, 4, 4), np.nan, np.float32), photometric="minisblack")
+    raises_one_line(evaluate_predictions, paths["pred"], paths["label"], paths["out"], image=nan, name="nan.tif")
+    assert not paths["out"].exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from collections.abc import Mapping, Sequence
@@ -17,15 +18,27 @@ from bundle.errors import InputError
 PathLike = str | os.PathLike
 
 
+def normalize_slice(image: np.ndarray, path: PathLike = "", z: int = 0) -> np.ndarray:
+    """Z-score of one (Y, X) slice as float32; a NaN/inf or constant slice is an InputError naming file and slice."""
+    image = np.asarray(image, dtype=np.float32)
+    low, high = (float(image.min()), float(image.max())) if image.size else (0.0, 1.0)
+    if not (math.isfinite(low) and math.isfinite(high)):  # min/max propagate NaN: no full-size isfinite mask
+        raise InputError(f"{path}: image slice {z} contains NaN or infinite values; replace them before running")
+    if low == high:
+        raise InputError(
+            f"{path}: image slice {z} is constant ({low:g}); pass the EM image volume, not a blank one, "
+            "or leave the slice out with --slices"
+        )
+    return np.asarray(NormalizeIntensity(dtype=np.float32)(image))
+
+
 def normalize_slices(volume: np.ndarray, path: PathLike = "") -> np.ndarray:
-    """Per-slice z-score of a (Z, Y, X) volume as float32; a constant or non-finite volume is an InputError."""
-    volume = np.asarray(volume, dtype=np.float32)
-    if not np.all(np.isfinite(volume)):
-        raise InputError(f"{path}: image contains NaN or infinite values; replace them before running")
-    if volume.size and float(volume.max()) == float(volume.min()):
-        raise InputError(f"{path}: image is constant ({volume.flat[0]}); pass the EM image volume, not a blank one")
-    # Treat Z as the channel axis so MONAI normalises every slice on its own mean and std.
-    return np.asarray(NormalizeIntensity(channel_wise=True, dtype=np.float32)(volume))
+    """Per-slice z-score (`normalize_slice`) of a (Z, Y, X) volume as float32."""
+    volume = np.asarray(volume)
+    out = np.empty(volume.shape, dtype=np.float32)
+    for z, image in enumerate(volume):
+        out[z] = normalize_slice(image, path, z)
+    return out
 
 
 def load_slices(
@@ -72,11 +85,12 @@ def check_data_root(dataset_dir: PathLike) -> None:
 
 
 def target_items(image: PathLike, slices: str | Sequence[int] | None = None, key: str | None = None) -> list[dict]:
-    """Unlabelled target slices with empty supervision (label all ignored, zero density and mask) until round 1."""
+    """Unlabelled target slices with empty supervision (label all ignored, zero density and masks) until round 1."""
     items = load_slices(image, None, slices, key=key)
     for item in items:
         shape = item["image"].shape
         item["label"] = np.full(shape, 255, dtype=np.uint8)
         item["density"] = np.zeros(shape, dtype=np.float32)
         item["density_mask"] = np.zeros(shape, dtype=np.uint8)
+        item["point_mask"] = np.zeros(shape, dtype=np.uint8)
     return items

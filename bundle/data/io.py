@@ -6,10 +6,11 @@ Every problem with a user's file is raised as a one-line `InputError` naming the
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from bundle.errors import input_error as _error
 
 __all__ = [
     "EMReader",
+    "SliceVolume",
     "atomic_output",
     "SLICE_SUFFIXES",
     "VOLUME_SUFFIXES",
@@ -75,31 +77,36 @@ def _kind(path: Path) -> str:
     )
 
 
+def _tiff_series(path: Path, tif: Any) -> Any:
+    """The one greyscale image series of an open TiffFile; several series or colour channels are an InputError."""
+    series = tif.series
+    if not series:
+        raise _error(path, "TIFF contains no image", "save the volume again as a multi-page greyscale TIFF")
+    if len(series) > 1:
+        shapes = ", ".join(str(tuple(s.shape)) for s in series[:4])
+        raise _error(
+            path,
+            f"TIFF holds {len(series)} image series of different shapes ({shapes})",
+            "save one (Z, Y, X) stack whose pages all have the same size",
+        )
+    axes = series[0].axes.upper()
+    shape = tuple(series[0].shape)
+    if "S" in axes or "C" in axes:
+        n = shape[axes.index("S" if "S" in axes else "C")]
+        fix = GREY_FIX
+        if tif.is_shaped:  # tifffile.imwrite stores a first/last axis of 3 or 4 as RGB(A) by default
+            fix += "; if it is really greyscale, write it with tifffile.imwrite(..., photometric='minisblack')"
+        raise _error(path, f"image has {n} channels ({_channel_name(n)})", fix)
+    return series[0]
+
+
 def _read_tiff(path: Path) -> np.ndarray:
     """Read all pages of a TIFF as (Z, Y, X); a single 2D page becomes (1, Y, X)."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
-            series = tif.series
-            if not series:
-                raise _error(path, "TIFF contains no image", "save the volume again as a multi-page greyscale TIFF")
-            if len(series) > 1:
-                shapes = ", ".join(str(tuple(s.shape)) for s in series[:4])
-                raise _error(
-                    path,
-                    f"TIFF holds {len(series)} image series of different shapes ({shapes})",
-                    "save one (Z, Y, X) stack whose pages all have the same size",
-                )
-            axes = series[0].axes.upper()
-            shape = tuple(series[0].shape)
-            if "S" in axes or "C" in axes:
-                n = shape[axes.index("S" if "S" in axes else "C")]
-                fix = GREY_FIX
-                if tif.is_shaped:  # tifffile.imwrite stores a first/last axis of 3 or 4 as RGB(A) by default
-                    fix += "; if it is really greyscale, write it with tifffile.imwrite(..., photometric='minisblack')"
-                raise _error(path, f"image has {n} channels ({_channel_name(n)})", fix)
-            data = series[0].asarray()
+            data = _tiff_series(path, tif).asarray()
     except InputError:
         raise
     except Exception as exc:  # tifffile raises many types for truncated or foreign files
@@ -160,19 +167,25 @@ def _read_hdf5(path: Path, key: str | None) -> np.ndarray:
     except Exception as exc:
         raise _unreadable(path, "HDF5", exc) from exc
     with handle:
-        names = _hdf5_datasets(handle)
-        listing = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
-        if not names:
-            raise _error(path, "HDF5 file contains no dataset", "write the volume into a dataset, e.g. 'raw'")
-        if key is None and len(names) > 1:
-            raise _error(path, f"HDF5 file has {len(names)} datasets ({listing})", "choose one with key=<name>")
-        name = names[0] if key is None else key.strip("/")
-        if name not in names:
-            raise _error(path, f"HDF5 file has no dataset '{key}'", f"use one of: {listing}")
+        dataset = _hdf5_dataset(path, handle, key)
         try:
-            return np.asarray(handle[name][()])
+            return np.asarray(dataset[()])
         except Exception as exc:
-            raise _unreadable(path, f"HDF5 dataset '{name}'", exc) from exc
+            raise _unreadable(path, f"HDF5 dataset '{dataset.name}'", exc) from exc
+
+
+def _hdf5_dataset(path: Path, handle: Any, key: str | None) -> Any:
+    """Dataset `key` (or the only dataset) of an open HDF5 file, or a one-line InputError listing the choices."""
+    names = _hdf5_datasets(handle)
+    listing = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
+    if not names:
+        raise _error(path, "HDF5 file contains no dataset", "write the volume into a dataset, e.g. 'raw'")
+    if key is None and len(names) > 1:
+        raise _error(path, f"HDF5 file has {len(names)} datasets ({listing})", "choose one with key=<name>")
+    name = names[0] if key is None else key.strip("/")
+    if name not in names:
+        raise _error(path, f"HDF5 file has no dataset '{key}'", f"use one of: {listing}")
+    return handle[name]
 
 
 # ----------------------------------------------------------------------------------------------------------- folders
@@ -225,33 +238,42 @@ def _read_folder(folder: Path) -> np.ndarray:
     out = np.empty((len(files), *first.shape), dtype=first.dtype)
     out[0] = first
     for z, path in enumerate(files[1:], start=1):
-        data = _read_slice(path)
-        if data.shape != first.shape or data.dtype != first.dtype:
-            raise _error(
-                path,
-                f"slice has shape {data.shape} {data.dtype} but {files[0].name} has {first.shape} {first.dtype}",
-                "all slices of a folder must have the same size and bit depth",
-            )
-        out[z] = data
+        out[z] = _check_like_first(_read_slice(path), path, first, files[0])
     return out
 
 
+def _check_like_first(data: np.ndarray, path: Path, first: np.ndarray, first_path: Path) -> np.ndarray:
+    """Return a folder's slice if it has the first slice's shape and dtype, else raise InputError."""
+    if data.shape != first.shape or data.dtype != first.dtype:
+        raise _error(
+            path,
+            f"slice has shape {data.shape} {data.dtype} but {first_path.name} has {first.shape} {first.dtype}",
+            "all slices of a folder must have the same size and bit depth",
+        )
+    return data
+
+
 # ----------------------------------------------------------------------------------------------------------- volumes
+def _check_layout(shape: tuple[int, ...], dtype: np.dtype, path: PathLike) -> tuple[int, int, int]:
+    """Validate the shape and dtype of a volume as (Z, Y, X) (a 2D image is one slice); raise InputError otherwise."""
+    shape = tuple(int(n) for n in shape)
+    if dtype.kind not in "biuf":
+        raise _error(path, f"unsupported data type {dtype}", "store the volume as integers or floats")
+    if len(shape) == 4 and shape[-1] in (3, 4):
+        n = shape[-1]
+        raise _error(path, f"image has shape {shape}: {n} channels ({_channel_name(n)})", GREY_FIX)
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) != 3:
+        raise _error(path, f"array has {len(shape)} dimensions (shape {shape})", "pass one 3D (Z, Y, X) greyscale volume")
+    if 0 in shape:
+        raise _error(path, f"volume is empty (shape {shape})", "pass a volume with at least one voxel")
+    return shape  # type: ignore[return-value]
+
+
 def _check_volume(data: np.ndarray, path: PathLike) -> np.ndarray:
     """Validate a loaded array as a (Z, Y, X) volume (2D becomes (1, Y, X)); raise InputError otherwise."""
-    if data.dtype.kind not in "biuf":
-        raise _error(path, f"unsupported data type {data.dtype}", "store the volume as integers or floats")
-    if data.ndim == 4 and data.shape[-1] in (3, 4):
-        n = data.shape[-1]
-        raise _error(path, f"image has shape {data.shape}: {n} channels ({_channel_name(n)})", GREY_FIX)
-    if data.ndim == 2:
-        data = data[np.newaxis]
-    if data.ndim != 3:
-        raise _error(
-            path, f"array has {data.ndim} dimensions (shape {data.shape})", "pass one 3D (Z, Y, X) greyscale volume"
-        )
-    if 0 in data.shape:
-        raise _error(path, f"volume is empty (shape {data.shape})", "pass a volume with at least one voxel")
+    data = data.reshape(_check_layout(data.shape, data.dtype, path))
     if data.dtype.kind == "f":
         bad = int(data.size - np.count_nonzero(np.isfinite(data)))
         if bad:
@@ -276,6 +298,130 @@ def read_volume(path: PathLike, key: str | None = None) -> np.ndarray:
     else:
         data = _read_hdf5(path, key)
     return _check_volume(data, path)
+
+
+SliceReader = Callable[[int], np.ndarray]
+
+
+class SliceVolume:
+    """A (Z, Y, X) volume read one 2D slice at a time, for volumes larger than memory.
+
+    TIFF page by page, HDF5 slice by slice (h5py reads only the chunks it needs), NIfTI through nibabel's
+    `dataobj` proxy, slice folders one file at a time. Opening checks the format, dtype and axes as `read_volume`
+    does (a 2D image is a volume of one slice; 4D is refused); `volume[z]` returns slice z as (Y, X) in its
+    stored dtype. Values are not checked here: `bundle.data.dataset.normalize_slice` refuses NaN/inf and
+    constant slices. Use it as a context manager, or call `close`.
+    """
+
+    def __init__(self, path: PathLike, key: str | None = None) -> None:
+        """Open `path` (`key`: HDF5 dataset name, None = the only one) and read its shape and dtype."""
+        self.path = Path(os.fspath(path)).expanduser()
+        if not self.path.exists():
+            raise _error(self.path, "does not exist", "check the path (relative paths start from the current directory)")
+        self._close: Callable[[], None] = lambda: None
+        opener = {"dir": self._open_folder, "tiff": self._open_tiff, "png": self._open_png,
+                  "nifti": self._open_nifti, "hdf5": self._open_hdf5}[_kind(self.path)]  # fmt: skip
+        try:
+            shape, dtype, self._read = opener(key)
+            self.shape = _check_layout(shape, np.dtype(dtype), self.path)
+        except BaseException:
+            self.close()
+            raise
+        self.dtype = np.dtype(dtype)
+
+    def __len__(self) -> int:
+        """Number of slices."""
+        return self.shape[0]
+
+    def __getitem__(self, z: int) -> np.ndarray:
+        """Read slice `z` (0 <= z < len) as a (Y, X) array in the stored dtype."""
+        if not 0 <= z < len(self):
+            raise IndexError(f"slice {z} is outside 0-{len(self) - 1}")
+        try:
+            data = np.asarray(self._read(int(z)))
+        except InputError:
+            raise
+        except Exception as exc:
+            raise _unreadable(self.path, f"slice {z}", exc) from exc
+        return data.reshape(self.shape[1:])
+
+    def close(self) -> None:
+        """Release the open file, if any."""
+        self._close()
+        self._close = lambda: None
+
+    def __enter__(self) -> SliceVolume:
+        """Use as a context manager that closes the file."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the file."""
+        self.close()
+
+    def _open_tiff(self, key: str | None) -> tuple[tuple[int, ...], np.dtype, SliceReader]:
+        """One page per slice; a volume whose pages are not its slices (rare) is read whole once."""
+        import tifffile
+
+        try:
+            tif = tifffile.TiffFile(self.path)
+        except Exception as exc:
+            raise _unreadable(self.path, "TIFF", exc) from exc
+        self._close = tif.close
+        try:
+            series = _tiff_series(self.path, tif)
+        except InputError:
+            raise
+        except Exception as exc:
+            raise _unreadable(self.path, "TIFF", exc) from exc
+        shape = tuple(series.shape)
+        if len(shape) == 2:
+            return shape, series.dtype, lambda z: series.asarray()
+        if len(shape) == 3 and len(series.pages) == shape[0]:
+            return shape, series.dtype, lambda z: tif.asarray(key=z, series=0)
+        whole = functools.cache(series.asarray)
+        return shape, series.dtype, lambda z: whole()[z]
+
+    def _open_png(self, key: str | None) -> tuple[tuple[int, ...], np.dtype, SliceReader]:
+        """A single 2D PNG is a volume of one slice."""
+        data = _read_png(self.path)
+        return data.shape, data.dtype, lambda z: data
+
+    def _open_nifti(self, key: str | None) -> tuple[tuple[int, ...], np.dtype, SliceReader]:
+        """nibabel indexes [x, y, z]: slice z is dataobj[..., z] transposed (scaling applied as in read_volume)."""
+        import nibabel as nib
+
+        try:
+            proxy = nib.load(str(self.path)).dataobj
+            dtype = np.asanyarray(proxy[(0,) * len(proxy.shape)]).dtype  # the dtype after scl_slope/inter
+        except Exception as exc:
+            raise _unreadable(self.path, "NIfTI", exc) from exc
+        if dtype.fields is not None:
+            raise _error(self.path, f"NIfTI stores colour voxels ({dtype})", GREY_FIX)
+        shape = tuple(proxy.shape)[::-1]
+        if len(shape) == 2:
+            return shape, dtype, lambda z: np.asanyarray(proxy).T
+        return shape, dtype, lambda z: np.ascontiguousarray(np.asanyarray(proxy[..., z]).T)
+
+    def _open_hdf5(self, key: str | None) -> tuple[tuple[int, ...], np.dtype, SliceReader]:
+        """Dataset `key` (or the only one); h5py reads the chunks of one slice at a time."""
+        import h5py
+
+        try:
+            handle = h5py.File(self.path, "r")
+        except Exception as exc:
+            raise _unreadable(self.path, "HDF5", exc) from exc
+        self._close = handle.close
+        dataset = _hdf5_dataset(self.path, handle, key)
+        if dataset.ndim == 2:
+            return dataset.shape, dataset.dtype, lambda z: dataset[()]
+        return dataset.shape, dataset.dtype, lambda z: dataset[z]
+
+    def _open_folder(self, key: str | None) -> tuple[tuple[int, ...], np.dtype, SliceReader]:
+        """One file per slice, in numeric file-name order, each checked against the first."""
+        files = _slice_files(self.path)
+        first = _read_slice(files[0])
+        read = lambda z: first if z == 0 else _check_like_first(_read_slice(files[z]), files[z], first, files[0])  # noqa: E731
+        return (len(files), *first.shape), first.dtype, read
 
 
 def _binarise(data: np.ndarray, threshold: int, path: PathLike) -> np.ndarray:

@@ -7,7 +7,9 @@ from collections.abc import Mapping
 import torch
 from torch.utils.data import Dataset
 
-TARGET_KEYS = ("label", "density", "density_mask")
+TARGET_KEYS = ("label", "density", "density_mask", "point_mask")
+# fill value of a key that a part lacks: source density is dense (mask 1); no ground-truth point instances (0)
+MISSING_FILL = {"density_mask": 1.0, "point_mask": 0.0}
 
 
 class PairedDataset(Dataset):
@@ -25,6 +27,11 @@ class PairedDataset(Dataset):
         return {"source": self.source[index], "target": self.target[target_index]}
 
 
+def _get(part: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
+    """part[key], or MISSING_FILL[key] shaped like part["density"] when the part has no such key."""
+    return part[key] if key in part else torch.full_like(part["density"], MISSING_FILL[key])
+
+
 def prepare_paired_batch(
     batchdata: Mapping[str, Mapping[str, torch.Tensor]],
     device: str | torch.device | None = None,
@@ -33,12 +40,7 @@ def prepare_paired_batch(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(source and target images stacked, targets stacked + "num_source") for SupervisedTrainer and AdaptationLoss."""
     source, target = batchdata["source"], batchdata["target"]
-    source_mask = torch.ones_like(source["density"])
-    targets = {
-        "label": torch.cat([source["label"], target["label"]]),
-        "density": torch.cat([source["density"], target["density"]]),
-        "density_mask": torch.cat([source.get("density_mask", source_mask), target["density_mask"]]),
-    }
+    targets = {key: torch.cat([_get(source, key), _get(target, key)]) for key in TARGET_KEYS}
     moved = {k: v.to(device=device, non_blocking=non_blocking) for k, v in targets.items()}
     moved["num_source"] = torch.tensor(len(source["image"]))
     images = torch.cat([source["image"], target["image"]]).to(device=device, non_blocking=non_blocking)

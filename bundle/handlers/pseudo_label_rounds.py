@@ -18,7 +18,15 @@ from torch.utils.tensorboard import SummaryWriter
 from bundle.data.density import density_map
 from bundle.data.io import read_volume, write_tiff
 from bundle.losses.multitask import IGNORE_INDEX
-from bundle.pseudo_labels import confident_peaks, density_background_mask, pseudo_label, select_new_peaks, tta_predict
+from bundle.pseudo_labels import (
+    add_point_labels,
+    confident_peaks,
+    density_background_mask,
+    pseudo_label,
+    select_new_peaks,
+    tta_predict,
+)
+from bundle.pseudo_labels.selection import instances_with_points
 
 
 def points_by_slice(points: np.ndarray | None, num_slices: int) -> list[np.ndarray]:
@@ -74,6 +82,7 @@ class PseudoLabelRounds:
         peak_threshold: float = 2e-4,
         preview_slices: Sequence[int] = (0,),
         density_confirms_background: bool = False,
+        point_radius: float = 5.0,
         device: str | torch.device = "cpu",
     ) -> None:
         if len(omega_fractions) < num_rounds:
@@ -89,6 +98,7 @@ class PseudoLabelRounds:
         self.peaks = {"min_distance": peak_min_distance, "threshold_abs": peak_threshold}
         self.preview_slices = [z for z in preview_slices if z < len(items)]
         self.density_confirms_background = density_confirms_background
+        self.point_radius = point_radius
         self.device = torch.device(device)
         self.logger = logging.getLogger("mitoda.pseudo_labels")
         self._writer: SummaryWriter | None = None
@@ -119,7 +129,7 @@ class PseudoLabelRounds:
             probability, density = (t[0, 0].cpu().numpy() for t in tta_predict(self.network, image, self.inferer, self.tta_views))
             known = np.concatenate([self.gt[z], self.pseudo[z]])
             if r < self.detection_rounds and self.beta > 0:
-                new = select_new_peaks(density, known, self.beta, min_distance=self.peaks["min_distance"], threshold_abs=self.peaks["threshold_abs"])
+                new = select_new_peaks(density, known, self.beta, exclude_radius=self.peaks["min_distance"], **self.peaks)
                 self.pseudo[z] = np.concatenate([self.pseudo[z], new]).astype(np.int64)
             all_points = np.concatenate([self.gt[z], self.pseudo[z]])
             background = density_background_mask(density, sigma=self.sigma, points=all_points, **self.peaks)
@@ -133,20 +143,24 @@ class PseudoLabelRounds:
             if self.density_confirms_background:
                 # cross-task teaching: background only where the detection head also sees no instance nearby
                 labels[-1][(labels[-1] == 0) & ~background] = IGNORE_INDEX
+            labels[-1] = add_point_labels(labels[-1], self.gt[z], radius=self.point_radius)  # ŷ^t fuses the points
         self.network.train(was_training)
         labels = np.stack(labels)
-        self._write_round(r, labels, np.stack(masks))
+        point_masks = np.stack([instances_with_points(label, gt) for label, gt in zip(labels, self.gt)])
+        self._write_round(r, labels, np.stack(masks), point_masks)
         self.round = r + 1
-        self._install(labels, masks, densities)
+        self._install(labels, masks, densities, point_masks)
         self._log(r, iteration, labels)
 
-    def _write_round(self, r: int, labels: np.ndarray, masks: np.ndarray) -> None:
-        """Write labels.tif, density_mask.tif, pseudo_points.csv and previews into round_r (atomically)."""
+    def _write_round(self, r: int, labels: np.ndarray, masks: np.ndarray, point_masks: np.ndarray | None = None) -> None:
+        """Write labels.tif, density_mask.tif, point_mask.tif, pseudo_points.csv and previews into round_r (atomically)."""
         final, partial = self.round_dir(r), self.output_dir / f".round_{r}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         write_tiff(partial / "labels.tif", labels)
         write_tiff(partial / "density_mask.tif", masks)
+        if point_masks is not None:
+            write_tiff(partial / "point_mask.tif", point_masks)
         np.savetxt(partial / "pseudo_points.csv", stack_points(self.pseudo), fmt="%d", delimiter=",", header="z,y,x", comments="")
         for z in self.preview_slices:
             iio.imwrite(partial / f"preview_z{z:03d}.png", overlay(self.items[z]["image"][0], labels[z], self.gt[z], self.pseudo[z]))
@@ -157,10 +171,20 @@ class PseudoLabelRounds:
         """Target density of slice z: one Gaussian per ground-truth and pseudo point."""
         return density_map(np.concatenate([self.gt[z], self.pseudo[z]]), shape, self.sigma)
 
-    def _install(self, labels: Sequence[np.ndarray], masks: Sequence[np.ndarray], densities: Sequence[np.ndarray]) -> None:
-        """Put a round's labels, densities and masks into the target items and swap them into the dataset."""
-        for item, label, mask, density in zip(self.items, labels, masks, densities):
+    def _install(
+        self,
+        labels: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        densities: Sequence[np.ndarray],
+        point_masks: Sequence[np.ndarray] | None = None,
+    ) -> None:
+        """Put a round's labels, densities, masks and ground-truth-point instance masks into the target items and
+        swap them into the dataset (point masks are recomputed from labels and points when not given)."""
+        if point_masks is None:
+            point_masks = [instances_with_points(label, gt) for label, gt in zip(labels, self.gt)]
+        for item, label, mask, density, points in zip(self.items, labels, masks, densities, point_masks):
             item["label"], item["density_mask"], item["density"] = label[None], mask[None], density[None]
+            item["point_mask"] = np.asarray(points, dtype=np.uint8)[None]
         if self.dataset is not None and hasattr(self.dataset, "set_data"):
             self.dataset.set_data(self.items)
 
@@ -193,4 +217,7 @@ class PseudoLabelRounds:
         if self.round > 0:
             labels = read_volume(self.round_dir(self.round - 1) / "labels.tif")
             masks = read_volume(self.round_dir(self.round - 1) / "density_mask.tif")
-            self._install(labels, masks, [self._target_density(z, label.shape) for z, label in enumerate(labels)])
+            point_file = self.round_dir(self.round - 1) / "point_mask.tif"  # absent in runs from before point masks
+            point_masks = read_volume(point_file) if point_file.is_file() else None
+            densities = [self._target_density(z, label.shape) for z, label in enumerate(labels)]
+            self._install(labels, masks, densities, point_masks)

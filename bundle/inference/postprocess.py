@@ -6,7 +6,6 @@ import numpy as np
 import torch
 from skimage.feature import peak_local_max
 from skimage.measure import label as connected_components
-from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed
 
 from bundle.networks.multitask_unet import DENSITY_CHANNEL, SEG_CHANNELS
@@ -30,21 +29,42 @@ def instances_from_prediction(
     """2D instance ids (int32) from a probability map: threshold + connected components, or density-seeded watershed."""
     if probability.ndim != 2:
         raise ValueError(f"instances_from_prediction expects a 2D slice, got shape {probability.shape}")
-    mask = probability >= threshold
-    if min_size > 0:
-        mask = remove_small_objects(mask, max_size=min_size - 1) if mask.any() else mask
-    if method == "components":
-        return connected_components(mask, connectivity=1).astype(np.int32)
-    if method != "watershed":
+    return label_instances(probability, density, threshold, method, min_size, peak_min_distance, peak_threshold)
+
+
+def label_instances(
+    probability: np.ndarray,
+    density: np.ndarray | None = None,
+    threshold: float = 0.5,
+    method: str = "components",
+    min_size: int = 16,
+    peak_min_distance: int = 7,
+    peak_threshold: float = 2e-4,
+) -> np.ndarray:
+    """Instance ids (int32) of a 2D or 3D map: face-connected components of probability >= threshold (objects
+    under `min_size` px dropped), or a watershed of -density seeded at its peaks inside that mask."""
+    if method not in ("components", "watershed"):
         raise ValueError(f"unknown instance method {method!r}; use 'components' or 'watershed'")
-    if density is None:
+    if method == "watershed" and density is None:
         raise ValueError("the watershed method needs the density map")
+    # One labelling pass: small objects are dropped by size and the rest renumbered 1..n in the same
+    # (raster) order, which equals remove_small_objects followed by a second labelling, at half the cost.
+    components, count = connected_components(probability >= threshold, connectivity=1, return_num=True)
+    sizes = np.bincount(components.ravel(), minlength=count + 1)
+    keep = sizes >= max(min_size, 1)
+    keep[0] = False
+    components = (np.cumsum(keep, dtype=np.int32) * keep)[components]
+    if method == "components":
+        return components
+    mask = components > 0
     peaks = peak_local_max(density, min_distance=peak_min_distance, threshold_abs=peak_threshold, labels=mask.astype(np.int32))
     markers = np.zeros(mask.shape, dtype=np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     # Components without any peak keep one seed of their own so that no foreground is lost.
-    components = connected_components(mask, connectivity=1)
-    unseeded = np.setdiff1d(np.unique(components[mask]), np.unique(components[markers > 0]))
-    for offset, component in enumerate(unseeded, start=len(peaks) + 1):
-        markers[components == component] = offset
+    unseeded = np.ones(int(keep.sum()) + 1, dtype=bool)
+    unseeded[np.unique(components[markers > 0])] = False
+    unseeded[0] = False
+    seeds = np.zeros(unseeded.size, dtype=np.int32)
+    seeds[unseeded] = np.arange(len(peaks) + 1, len(peaks) + 1 + int(unseeded.sum()))
+    markers = np.where(markers > 0, markers, seeds[components])
     return watershed(-density, markers, mask=mask).astype(np.int32)

@@ -1,4 +1,4 @@
-"""Score a prediction folder (probability.tif, instances.tif) against instance labels into metrics.json."""
+"""Score a prediction folder (probability.tif, instances.tif) against instance labels into metrics.json (+ overlays)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,18 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 
 from bundle.data.io import atomic_output, parse_slices, read_label_instances, read_volume
 from bundle.errors import InputError
 from bundle.metrics.instance import instance_scores
+from bundle.metrics.instance_ap import prediction_dir_ap
+from bundle.metrics.overlay import error_overlay
 from bundle.metrics.segmentation import slice_and_volume_scores
 
-METRIC_KEYS = ("dice", "iou", "f1", "mcc", "map", "aji", "pq")
+METRIC_KEYS = ("dice", "iou", "f1", "mcc", "map", "aji", "pq", "ap50", "ap75")  # ap50/ap75: only with instances_3d.tif
+DEFAULT_OVERLAY_SLICES = (0, 22, 44)  # first, middle and last of EPFL 120-164
 
 
 def score_volume(probability: np.ndarray, instances: np.ndarray, label: np.ndarray, threshold: float = 0.5) -> dict:
@@ -50,6 +54,31 @@ def _matching_slices(label: np.ndarray, depth: int, slices: str | Sequence[int] 
     return selected
 
 
+def overlay_indices(overlay_slices: Sequence[int] | None, depth: int, where: str = "overlay_slices") -> list[int]:
+    """Sorted unique scored-slice indices to draw (those >= `depth` dropped); negative or non-integers: InputError."""
+    items = list(overlay_slices or [])
+    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)) and i >= 0 for i in items):
+        raise InputError(
+            f"{where}: overlay_slices={items!r} must be non-negative slice indices; pass e.g. [0, 22, 44] or [] for none"
+        )
+    return sorted({int(i) for i in items if i < depth})
+
+
+def _overlay_image(
+    image: str | os.PathLike, label_volume: np.ndarray, label: str | os.PathLike, slices: str | Sequence[int] | None
+) -> np.ndarray:
+    """The slices `slices` of the EM `image`, which must have the shape of the whole label volume and finite values."""
+    volume = read_volume(image)
+    if volume.shape != label_volume.shape:
+        raise InputError(
+            f"{image}: image shape {volume.shape} differs from the shape {label_volume.shape} of the label {label}; "
+            "pass --image with the EM volume the labels belong to, or --overlay_slices [] for no overlays"
+        )
+    if not np.all(np.isfinite(volume)):
+        raise InputError(f"{image}: image contains NaN or infinite values; replace them before drawing overlays")
+    return volume[parse_slices(slices, len(volume), path=str(image))]
+
+
 def evaluate_predictions(
     prediction_dir: str | os.PathLike,
     label: str | os.PathLike,
@@ -57,8 +86,15 @@ def evaluate_predictions(
     slices: str | Sequence[int] | None = None,
     threshold: float = 0.5,
     mask_threshold: int = 127,
+    image: str | os.PathLike | None = None,
+    overlay_slices: Sequence[int] | None = DEFAULT_OVERLAY_SLICES,
 ) -> dict:
-    """Read `prediction_dir`, score it against `label` (slices `slices` of it), write output_dir/metrics.json."""
+    """Score `prediction_dir` against `label` (slices `slices` of it) into output_dir/metrics.json.
+
+    With `image` (the EM volume of the labels), also write output_dir/overlay_zNNN.png for each scored-slice index NNN
+    in `overlay_slices` (indices past the last scored slice are dropped; [] or None: no overlays): the image in grey,
+    true positives green, false positives red, false negatives blue, at `threshold`. Everything is checked first.
+    """
     prediction_dir, output_dir = Path(prediction_dir), Path(output_dir)
     for name in ("probability.tif", "instances.tif"):
         if not (prediction_dir / name).is_file():
@@ -67,14 +103,27 @@ def evaluate_predictions(
         raise InputError(f"{output_dir}: output_dir is a file; pass a folder path for metrics.json")
     probability = read_volume(prediction_dir / "probability.tif")
     instances = read_volume(prediction_dir / "instances.tif")
-    labels = _matching_slices(read_label_instances(label, threshold=mask_threshold), len(probability), slices, str(label))
+    label_volume = read_label_instances(label, threshold=mask_threshold)
+    labels = _matching_slices(label_volume, len(probability), slices, str(label))
     if probability.shape != labels.shape or instances.shape != labels.shape:
         raise InputError(
             f"{prediction_dir}: prediction shape {probability.shape} does not match label {label} shape {labels.shape}; "
             "score a prediction of the same volume"
         )
+    drawn = overlay_indices(overlay_slices, len(labels))
+    if drawn and image is None:
+        raise InputError(
+            f"{output_dir}: overlay_slices={list(overlay_slices or [])} needs the EM image; "
+            "pass --image IMAGE or --overlay_slices []"
+        )
+    volume = _overlay_image(image, label_volume, label, slices) if drawn else None
     scores = score_volume(probability.astype(np.float32), instances, labels, threshold)
+    scores.update(prediction_dir_ap(prediction_dir, labels, probability))  # 3D AP50/AP75 when instances_3d.tif exists
     scores.update(prediction_dir=str(prediction_dir), label=str(label), slices=slices)
+    overlays = {z: error_overlay(volume[z], probability[z] >= threshold, labels[z] > 0) for z in drawn}
+    for z, rgb in overlays.items():
+        with atomic_output(output_dir / f"overlay_z{z:03d}.png") as partial:
+            iio.imwrite(partial, rgb, extension=".png")
     with atomic_output(output_dir / "metrics.json") as partial:
         partial.write_text(json.dumps(scores, indent=2) + "\n")
     return scores

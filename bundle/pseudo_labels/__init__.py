@@ -13,6 +13,7 @@ from bundle.pseudo_labels.selection import (
     binary_entropy,
     entropy_pseudo_label,
     instance_aware_pseudo_label,
+    instances_with_points,
     pseudo_label,
     threshold_pseudo_label,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "estimate_count",
     "find_peaks",
     "instance_aware_pseudo_label",
+    "instances_with_points",
     "pseudo_label",
     "select_new_peaks",
     "threshold_pseudo_label",

@@ -1,0 +1,85 @@
+"""Class prototypes of pixel features: masked means, confident-pixel masks, k-means clusters (reused by baselines)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def masked_mean(features: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Mean (D,) of `scale`·features over the pixels of (B, D, H, W) `features` where `mask` (B, [1,] H, W) is true
+    (`scale` (B, H, W), e.g. inverse feature norms: the mean of normalised features); None when no pixel is."""
+    mask = mask.reshape(features.shape[0], *features.shape[-2:]).to(features.dtype)
+    count = float(mask.sum())
+    if count == 0:
+        return None
+    return torch.einsum("bdhw,bhw->d", features, mask if scale is None else mask * scale) / count
+
+
+def inverse_norms(features: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """(B, H, W) 1 / ||z|| of (B, D, H, W) features (F.normalize's convention: norms clamped at eps)."""
+    return features.pow(2).sum(1).sqrt().clamp_min(eps).reciprocal()
+
+
+def sample_pixels(mask: torch.Tensor, num: int) -> torch.Tensor:
+    """Flat (b, y, x) indices of up to `num` distinct random pixels where `mask` is true (torch's global RNG)."""
+    candidates = torch.nonzero(mask.reshape(-1)).flatten()
+    if len(candidates) <= num:
+        return candidates
+    return candidates[torch.randperm(len(candidates))[:num].to(candidates.device)]
+
+
+def gather_pixels(features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(N, D) feature rows of (B, D, H, W) `features` at flat (b, y, x) pixel indices, without copying the map."""
+    pixels = features.shape[-2] * features.shape[-1]
+    return features.flatten(2)[index // pixels, :, index % pixels]
+
+
+def class_prototypes(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    classes: Sequence[int] = (0, 1),
+    scale: torch.Tensor | None = None,
+) -> dict[int, torch.Tensor | None]:
+    """{c: mean feature of the pixels labelled c (and inside `mask`, when given)}; None for a class with no pixel.
+    `scale` as in `masked_mean` (`inverse_norms(features)`: means of normalised features); keeps the gradient."""
+    labels = labels.reshape(labels.shape[0], *labels.shape[-2:])
+    inside = torch.ones_like(labels, dtype=torch.bool) if mask is None else mask.reshape(labels.shape).bool()
+    return {c: masked_mean(features, (labels == c) & inside, scale) for c in classes}
+
+
+def stack_prototypes(prototypes: dict[int, torch.Tensor | None], fallback: torch.Tensor | None = None) -> torch.Tensor | None:
+    """(C, D) rows of `class_prototypes` in class order; a missing class takes its `fallback` row, else None."""
+    rows = [p if p is not None else (None if fallback is None else fallback[i]) for i, p in enumerate(prototypes.values())]
+    return None if any(r is None for r in rows) else torch.stack(rows)
+
+
+def prototype_similarity(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) cosine similarity of every pixel of (B, D, H, W) `features` with each of (C, D) `prototypes`."""
+    return torch.einsum("bdhw,cd->bchw", F.normalize(features, dim=1), normalized(prototypes))
+
+
+def confident(labels: torch.Tensor, probability: torch.Tensor, cls: int, threshold: float) -> torch.Tensor:
+    """Pixels labelled `cls` whose predicted probability of `cls` exceeds `threshold` (eq. 7's 1[y = c]·1[p > δe])."""
+    labels = labels.reshape(probability.shape[0], *probability.shape[-2:])
+    return (labels == cls) & (probability[:, cls] > threshold)
+
+
+def normalized(prototypes: torch.Tensor) -> torch.Tensor:
+    """L2-normalise prototypes along the last axis (a zero vector stays zero)."""
+    return F.normalize(prototypes, dim=-1)
+
+
+def kmeans_centres(features: torch.Tensor, k: int, seed: int = 0, n_init: int = 3) -> torch.Tensor:
+    """(k, D) k-means centres (scikit-learn, Lloyd) of (N, D) features; fewer rows than k → the rows themselves."""
+    from sklearn.cluster import KMeans  # imported here: only the contrastive runs need scikit-learn
+
+    rows = features.detach().float().cpu()
+    if len(rows) <= k:
+        return rows.clone()
+    model = KMeans(n_clusters=k, n_init=n_init, random_state=int(seed) % (2**32)).fit(rows.numpy().astype(np.float64))
+    return torch.as_tensor(model.cluster_centers_, dtype=torch.float32)

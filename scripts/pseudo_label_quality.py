@@ -1,0 +1,68 @@
+"""Score every pseudo-label round of an adaptation run against the true labels of its target slices.
+
+    python scripts/pseudo_label_quality.py runs/wda_15pct_split1 [--slices "0-119:3"] [--label ../shared/data/epfl_hippocampus/training_instances.tif]
+
+Per round: foreground precision / recall of the pseudo-labels (recall over all true foreground pixels), the
+share of true foreground labelled background, background purity, ignored share, and how many pseudo-points
+fall on a true instance. Slices: the target slices of the run ("0-119:3" = every 3rd of 0-119, the CPU recipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from bundle.data.io import parse_slices, read_label_instances, read_volume  # noqa: E402
+from bundle.errors import InputError, install_excepthook  # noqa: E402
+
+
+def round_quality(labels: np.ndarray, truth: np.ndarray, points: np.ndarray) -> dict[str, float]:
+    """Quality figures of one round's (Z, Y, X) pseudo-labels (0/1/255) against (Z, Y, X) instance ids."""
+    foreground, background, true_fg = labels == 1, labels == 0, truth > 0
+    on_instance = truth[points[:, 0], points[:, 1], points[:, 2]] > 0 if len(points) else np.zeros(0, bool)
+    return {
+        "fg_precision": float((foreground & true_fg).sum() / max(foreground.sum(), 1)),
+        "fg_recall": float((foreground & true_fg).sum() / max(true_fg.sum(), 1)),
+        "true_fg_as_bg": float((background & true_fg).sum() / max(true_fg.sum(), 1)),
+        "bg_purity": float((background & ~true_fg).sum() / max(background.sum(), 1)),
+        "ignored": float((labels == 255).mean()),
+        "pseudo_points": int(len(points)),
+        "points_on_instances": float(on_instance.mean()) if len(points) else float("nan"),
+    }
+
+
+def read_points(path: Path) -> np.ndarray:
+    """(K, 3) int z, y, x of a round's pseudo_points.csv (header line, possibly no rows)."""
+    rows = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)
+    return rows.reshape(-1, 3)
+
+
+def main() -> None:
+    """Print one line of quality figures per round of the run's pseudo_labels folder."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--label", default="../shared/data/epfl_hippocampus/training_instances.tif")
+    parser.add_argument("--slices", default="0-119:3", help="target slices of the run; 'A-B:S' = every S-th of A-B")
+    args = parser.parse_args()
+    rounds = sorted((args.run_dir / "pseudo_labels").glob("round_*"), key=lambda p: int(p.name.split("_")[1]))
+    if not rounds:
+        raise InputError(f"{args.run_dir / 'pseudo_labels'}: no round_N folders; pass the output_dir of an adaptation run")
+    truth = read_label_instances(args.label)
+    spec, _, step = args.slices.partition(":")
+    truth = truth[parse_slices(spec, len(truth), path=args.label)[:: int(step or 1)]]
+    for path in rounds:
+        labels = read_volume(path / "labels.tif")
+        if labels.shape != truth.shape:
+            raise InputError(f"{path / 'labels.tif'}: shape {labels.shape} differs from the selected labels {truth.shape}; pass the run's --slices")
+        figures = round_quality(labels, truth, read_points(path / "pseudo_points.csv"))
+        print(path.name, " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()))
+
+
+if __name__ == "__main__":
+    install_excepthook()
+    main()
