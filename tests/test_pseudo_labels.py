@@ -178,6 +178,19 @@ def test_ipl_drops_components_without_density_mass() -> None:
     assert (trusted[2:7, 15:23] == 1).all()
 
 
+def test_ipl_point_less_component_without_density_becomes_background() -> None:
+    p, expected = _ipl_scene()
+    density = np.full_like(p, 1e-4)  # a softplus-like floor: 35 px of B carry 0.0035 "instances" of it
+    density[2:7, 2:9] += 1.0 / 35  # one instance in A; C has a ground-truth point and B neither point nor density
+    label = instance_aware_pseudo_label(p, POINTS_AC[:1], density=density, gt_points=POINTS_AC[1:], unsupported_background_mass=0.1)
+    expected[10:15, 2:9] = 0  # B: the detection head sees no instance there → background
+    np.testing.assert_array_equal(label, expected)
+    # with half an instance in B, B is a possible unlabelled mitochondrion and stays ignored; off by default
+    density[10:15, 2:9] += 0.5 / 35
+    assert (instance_aware_pseudo_label(p, POINTS_AC, density=density, unsupported_background_mass=0.1)[10:15, 2:9] == I).all()
+    assert (instance_aware_pseudo_label(p, POINTS_AC, density=density * 0)[10:15, 2:9] == I).all()
+
+
 def test_ipl_thresholds_and_bad_input() -> None:
     p, _ = _ipl_scene()
     # at threshold 0.85, B (0.8) is not foreground at all; at 0.96 nothing is

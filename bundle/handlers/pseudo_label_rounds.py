@@ -18,7 +18,14 @@ from torch.utils.tensorboard import SummaryWriter
 from bundle.data.density import density_map
 from bundle.data.io import read_volume, write_tiff
 from bundle.losses.multitask import IGNORE_INDEX
-from bundle.pseudo_labels import confident_peaks, density_background_mask, pseudo_label, select_new_peaks, tta_predict
+from bundle.pseudo_labels import (
+    add_point_labels,
+    confident_peaks,
+    density_background_mask,
+    pseudo_label,
+    select_new_peaks,
+    tta_predict,
+)
 
 
 def points_by_slice(points: np.ndarray | None, num_slices: int) -> list[np.ndarray]:
@@ -74,6 +81,7 @@ class PseudoLabelRounds:
         peak_threshold: float = 2e-4,
         preview_slices: Sequence[int] = (0,),
         density_confirms_background: bool = False,
+        point_radius: float = 5.0,
         device: str | torch.device = "cpu",
     ) -> None:
         if len(omega_fractions) < num_rounds:
@@ -89,6 +97,7 @@ class PseudoLabelRounds:
         self.peaks = {"min_distance": peak_min_distance, "threshold_abs": peak_threshold}
         self.preview_slices = [z for z in preview_slices if z < len(items)]
         self.density_confirms_background = density_confirms_background
+        self.point_radius = point_radius
         self.device = torch.device(device)
         self.logger = logging.getLogger("mitoda.pseudo_labels")
         self._writer: SummaryWriter | None = None
@@ -119,7 +128,7 @@ class PseudoLabelRounds:
             probability, density = (t[0, 0].cpu().numpy() for t in tta_predict(self.network, image, self.inferer, self.tta_views))
             known = np.concatenate([self.gt[z], self.pseudo[z]])
             if r < self.detection_rounds and self.beta > 0:
-                new = select_new_peaks(density, known, self.beta, min_distance=self.peaks["min_distance"], threshold_abs=self.peaks["threshold_abs"])
+                new = select_new_peaks(density, known, self.beta, exclude_radius=self.peaks["min_distance"], **self.peaks)
                 self.pseudo[z] = np.concatenate([self.pseudo[z], new]).astype(np.int64)
             all_points = np.concatenate([self.gt[z], self.pseudo[z]])
             background = density_background_mask(density, sigma=self.sigma, points=all_points, **self.peaks)
@@ -133,6 +142,7 @@ class PseudoLabelRounds:
             if self.density_confirms_background:
                 # cross-task teaching: background only where the detection head also sees no instance nearby
                 labels[-1][(labels[-1] == 0) & ~background] = IGNORE_INDEX
+            labels[-1] = add_point_labels(labels[-1], self.gt[z], radius=self.point_radius)  # ŷ^t fuses the points
         self.network.train(was_training)
         labels = np.stack(labels)
         self._write_round(r, labels, np.stack(masks))

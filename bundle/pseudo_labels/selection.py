@@ -11,7 +11,7 @@ from scipy import ndimage
 from skimage.measure import label as connected_components
 
 from bundle.losses.multitask import IGNORE_INDEX
-from bundle.pseudo_labels.peaks import _as_points, _check_inside, _check_slice
+from bundle.pseudo_labels.peaks import _as_points, _check_inside, _check_slice, above_floor
 
 BACKGROUND, FOREGROUND = 0, 1
 PSEUDO_LABEL_KINDS = ("ipl", "threshold", "entropy")
@@ -25,13 +25,16 @@ def instance_aware_pseudo_label(
     density: np.ndarray | None = None,
     min_density_mass: float = 0.3,
     gt_points: np.ndarray | None = None,
+    unsupported_background_mass: float = 0.0,
 ) -> np.ndarray:
     """IPL (eq. 3): components of p ≥ threshold holding a point → 1, p ≤ background_threshold → 0, else 255.
 
     Components are 4-connected. A component holding no point (of `points` = Ω or `gt_points`) is ignored, not
     background: it may be an unlabelled mitochondrion. With `density`, a selected component whose density mass
-    (sum of the density over its pixels, in instances) is below `min_density_mass` is a detection-head false
-    positive and is ignored too, unless it holds a ground-truth point (`gt_points` are always trusted).
+    (sum of the density above the slice's floor over its pixels, in instances; see `estimate_count`) is below `min_density_mass` is a detection-head false
+    positive and is ignored too, unless it holds a ground-truth point (`gt_points` are always trusted); and a
+    component holding no point whose mass is below `unsupported_background_mass` (0 = never) becomes background:
+    the detection head sees no instance there, so the segmentation's component is a false positive.
     """
     probability = _check_slice(probability, "probability")
     if not 0.0 <= background_threshold < threshold <= 1.0:
@@ -41,15 +44,19 @@ def instance_aware_pseudo_label(
     _check_inside(trusted, probability.shape)
     components = connected_components(probability >= threshold, connectivity=1)
     selected = _component_ids(components, np.concatenate([omega, trusted], axis=0))
-    if density is not None and len(selected):
+    unsupported = np.zeros(0, dtype=selected.dtype)
+    if density is not None and components.max() > 0:
         density = _check_slice(density)
         if density.shape != probability.shape:
             raise ValueError(f"density shape {density.shape} differs from probability shape {probability.shape}")
-        mass = np.atleast_1d(ndimage.sum_labels(density, components, index=selected))
-        kept = (mass >= min_density_mass) | np.isin(selected, _component_ids(components, trusted))
+        ids = np.arange(1, components.max() + 1)
+        mass = np.atleast_1d(ndimage.sum_labels(np.clip(above_floor(density), 0, None), components, index=ids))
+        kept = (mass[selected - 1] >= min_density_mass) | np.isin(selected, _component_ids(components, trusted))
+        unsupported = ids[(mass < unsupported_background_mass) & ~np.isin(ids, selected)]
         selected = selected[kept]
     label = np.full(probability.shape, IGNORE_INDEX, dtype=np.uint8)
     label[probability <= background_threshold] = BACKGROUND
+    label[np.isin(components, unsupported)] = BACKGROUND
     label[np.isin(components, selected)] = FOREGROUND
     return label
 
