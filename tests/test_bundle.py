@@ -78,9 +78,11 @@ def test_train_inference_evaluate_end_to_end(real_crops: dict[str, Path], tmp_pa
     result = run_bundle(
         "--config_file", "configs/evaluate.yaml", "--prediction_dir", str(pred_dir),
         "--label", str(real_crops["val_label"]), "--slices", "all", "--output_dir", str(score_dir),
+        "--image", str(real_crops["val_image"]),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((score_dir / "metrics.json").read_text())
+    assert sorted(p.name for p in score_dir.glob("overlay_*.png")) == ["overlay_z000.png"]  # 22, 44: past 2 slices
     for key in ("dice", "iou", "f1", "mcc", "map", "aji", "pq"):
         assert math.isfinite(metrics[key]), (key, metrics[key])
         assert key == "mcc" or 0.0 <= metrics[key] <= 1.0, (key, metrics[key])
