@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -12,7 +13,9 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
 from bundle.data.density import density_map
@@ -59,6 +62,7 @@ class PseudoLabelRounds:
     chosen pseudo-label rule (IPL uses Ω = ground-truth points + the `omega_fractions[r]` most confident peaks);
     with `density_confirms_background`, background labels also need the density's confident background.
     Labels are written to output_dir/round_r and swapped into the dataset; round and points live in the checkpoint.
+    Under torch.distributed, rank 0 computes and writes each round and the other ranks install its files.
     """
 
     def __init__(
@@ -88,6 +92,8 @@ class PseudoLabelRounds:
         if len(omega_fractions) < num_rounds:
             raise ValueError(f"omega_fractions needs one value per round ({num_rounds}), got {list(omega_fractions)}")
         self.items, self.network, self.inferer, self.dataset = items, network, inferer, dataset
+        if isinstance(network, DistributedDataParallel):  # rank 0 predicts alone: the module, without DDP collectives
+            self.network = network.module
         self.output_dir = Path(output_dir)
         self.gt = points_by_slice(gt_points, len(items))
         self.pseudo = [np.zeros((0, 2), np.int64) for _ in items]
@@ -111,7 +117,16 @@ class PseudoLabelRounds:
         """Run round `self.round` if this epoch is a round epoch."""
         epoch = engine.state.epoch  # 1-based, already incremented
         if self.round < self.num_rounds and (epoch - 1) == self.round * self.interval:
-            self.run_round(engine.state.iteration)
+            distributed = dist.is_available() and dist.is_initialized()
+            if not distributed or dist.get_rank() == 0:
+                self.run_round(engine.state.iteration)
+            if distributed:  # rank 0 has written round_r; the other ranks install its files
+                dist.barrier()
+                if dist.get_rank() > 0:
+                    self.round += 1
+                    self._install_last_round(read_points=True)
+                md5 = self.targets_md5()
+                self.logger.info(f"pseudo-label round {self.round} installed on rank {dist.get_rank()}: targets md5 {md5}")
 
     def round_dir(self, r: int) -> Path:
         """Folder of round r's files."""
@@ -215,9 +230,25 @@ class PseudoLabelRounds:
         self.round = int(state["round"])
         self.pseudo = points_by_slice(np.asarray(state["pseudo_points"]), len(self.items))
         if self.round > 0:
-            labels = read_volume(self.round_dir(self.round - 1) / "labels.tif")
-            masks = read_volume(self.round_dir(self.round - 1) / "density_mask.tif")
-            point_file = self.round_dir(self.round - 1) / "point_mask.tif"  # absent in runs from before point masks
-            point_masks = read_volume(point_file) if point_file.is_file() else None
-            densities = [self._target_density(z, label.shape) for z, label in enumerate(labels)]
-            self._install(labels, masks, densities, point_masks)
+            self._install_last_round()
+
+    def _install_last_round(self, read_points: bool = False) -> None:
+        """Install round_{round-1}'s labels from disk (and, with `read_points`, its pseudo_points.csv)."""
+        if read_points:  # header "z,y,x", then one point per line (np.savetxt in _write_round)
+            path = self.round_dir(self.round - 1) / "pseudo_points.csv"
+            rows = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.int64, ndmin=2).reshape(-1, 3)
+            self.pseudo = points_by_slice(rows, len(self.items))
+        labels = read_volume(self.round_dir(self.round - 1) / "labels.tif")
+        masks = read_volume(self.round_dir(self.round - 1) / "density_mask.tif")
+        point_file = self.round_dir(self.round - 1) / "point_mask.tif"  # absent in runs from before point masks
+        point_masks = read_volume(point_file) if point_file.is_file() else None
+        densities = [self._target_density(z, label.shape) for z, label in enumerate(labels)]
+        self._install(labels, masks, densities, point_masks)
+
+    def targets_md5(self) -> str:
+        """md5 of the installed labels, density masks, point masks and densities (all DDP ranks must agree)."""
+        digest = hashlib.md5()
+        for item in self.items:
+            for key, dtype in (("label", np.uint8), ("density_mask", np.uint8), ("point_mask", np.uint8), ("density", float)):
+                digest.update(np.ascontiguousarray(item[key], dtype).tobytes())
+        return digest.hexdigest()
