@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 
 from bundle.data.io import parse_slices, read_label_instances, read_volume  # noqa: E402
 from bundle.errors import InputError, install_excepthook  # noqa: E402
+from bundle.handlers.pseudo_label_rounds import read_pseudo_points  # noqa: E402
 
 
 def round_quality(labels: np.ndarray, truth: np.ndarray, points: np.ndarray) -> dict[str, float]:
@@ -34,12 +35,6 @@ def round_quality(labels: np.ndarray, truth: np.ndarray, points: np.ndarray) -> 
         "pseudo_points": int(len(points)),
         "points_on_instances": float(on_instance.mean()) if len(points) else float("nan"),
     }
-
-
-def read_points(path: Path) -> np.ndarray:
-    """(K, 3) int z, y, x of a round's pseudo_points.csv (header line, possibly no rows)."""
-    rows = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)
-    return rows.reshape(-1, 3)
 
 
 def main() -> None:
@@ -59,7 +54,7 @@ def main() -> None:
         labels = read_volume(path / "labels.tif")
         if labels.shape != truth.shape:
             raise InputError(f"{path / 'labels.tif'}: shape {labels.shape} differs from the selected labels {truth.shape}; pass the run's --slices")
-        figures = round_quality(labels, truth, read_points(path / "pseudo_points.csv"))
+        figures = round_quality(labels, truth, read_pseudo_points(path / "pseudo_points.csv"))
         print(path.name, " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()))
 
 

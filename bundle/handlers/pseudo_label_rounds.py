@@ -38,6 +38,11 @@ def points_by_slice(points: np.ndarray | None, num_slices: int) -> list[np.ndarr
     return [points[points[:, 0] == z, 1:] for z in range(num_slices)]
 
 
+def read_pseudo_points(path: str | os.PathLike) -> np.ndarray:
+    """(K, 3) int64 z, y, x of a round's pseudo_points.csv (a "z,y,x" header, possibly no rows)."""
+    return np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.int64, ndmin=2).reshape(-1, 3)
+
+
 def stack_points(per_slice: Sequence[np.ndarray]) -> np.ndarray:
     """One (M, 2) array per slice → (N, 3) z, y, x."""
     rows = [np.column_stack([np.full(len(p), z), p]) for z, p in enumerate(per_slice) if len(p)]
@@ -235,9 +240,7 @@ class PseudoLabelRounds:
     def _install_last_round(self, read_points: bool = False) -> None:
         """Install round_{round-1}'s labels from disk (and, with `read_points`, its pseudo_points.csv)."""
         if read_points:  # header "z,y,x", then one point per line (np.savetxt in _write_round)
-            path = self.round_dir(self.round - 1) / "pseudo_points.csv"
-            rows = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.int64, ndmin=2).reshape(-1, 3)
-            self.pseudo = points_by_slice(rows, len(self.items))
+            self.pseudo = points_by_slice(read_pseudo_points(self.round_dir(self.round - 1) / "pseudo_points.csv"), len(self.items))
         labels = read_volume(self.round_dir(self.round - 1) / "labels.tif")
         masks = read_volume(self.round_dir(self.round - 1) / "density_mask.tif")
         point_file = self.round_dir(self.round - 1) / "point_mask.tif"  # absent in runs from before point masks
