@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
 from types import TracebackType
+from typing import NoReturn
 
 
 class InputError(ValueError):
@@ -41,3 +43,17 @@ def _excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType
 def install_excepthook() -> None:
     """Make uncaught InputErrors print as one line (used by `python -m monai.bundle run`)."""
     sys.excepthook = _excepthook
+
+
+def fail(message: str) -> NoReturn:
+    """Print one line 'mitoda: error: <message>' on stderr and exit 2 (the command-line scripts)."""
+    print(f"mitoda: error: {' '.join(str(message).split())}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors are one line 'mitoda: error: ...' (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the error as one line and exit 2."""
+        fail(f"{message} (see --help)")

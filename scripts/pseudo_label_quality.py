@@ -48,8 +48,7 @@ def main() -> None:
     if not rounds:
         raise InputError(f"{args.run_dir / 'pseudo_labels'}: no round_N folders; pass the output_dir of an adaptation run")
     truth = read_label_instances(args.label)
-    spec, _, step = args.slices.partition(":")
-    truth = truth[parse_slices(spec, len(truth), path=args.label)[:: int(step or 1)]]
+    truth = truth[parse_slices(args.slices, len(truth), path=args.label)]
     for path in rounds:
         labels = read_volume(path / "labels.tif")
         if labels.shape != truth.shape:

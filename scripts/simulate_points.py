@@ -13,23 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose usage errors are one line 'mitoda: error: ...' (exit 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        """Print the error as one line and exit 2."""
-        _fail(f"{message} (see --help)")
-
-
-def _fail(message: str) -> NoReturn:
-    """Print one line 'mitoda: error: <message>' on stderr and exit 2."""
-    print(f"mitoda: error: {' '.join(str(message).split())}", file=sys.stderr)
-    raise SystemExit(2)
+from bundle.errors import OneLineParser as _Parser, fail as _fail  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -169,6 +169,7 @@ def test_parse_and_select_slices() -> None:
     assert parse_slices("0-119", 165) == list(range(120))
     assert parse_slices("120-164", 165) == list(range(120, 165))
     assert parse_slices("0,5,7-9", 10) == [0, 5, 7, 8, 9]
+    assert parse_slices("0-119:3", 165) == list(range(0, 120, 3))  # the CPU recipe's target slices
     assert parse_slices("120\u2013164", 165)[0] == 120  # en dash, as written in the protocol
     assert parse_slices([3, 1], 4) == [3, 1]
     assert select_slices(vol, "120-164").shape == (45, 2, 2)
@@ -177,7 +178,7 @@ def test_parse_and_select_slices() -> None:
     assert select_slices(vol, None) is not None and select_slices(vol, None).shape == vol.shape
 
 
-@pytest.mark.parametrize("spec", ["5-200", "abc", "", "9-3", "1,1", [0, 165], [-1]])
+@pytest.mark.parametrize("spec", ["5-200", "abc", "", "9-3", "1,1", "0-9:0", "5:2", [0, 165], [-1]])
 def test_bad_slice_specs(spec) -> None:
     msg = _raises_one_line(select_slices, _vol((165, 2, 2)), spec, "/d/vol.tif", name="/d/vol.tif")
     if spec == "5-200":

@@ -498,26 +498,26 @@ def instances_from_mask(mask: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------------------- slices
 def _parse_slice_string(spec: str, where: str) -> list[int]:
-    """Parse '0-119', '120-164' or '0,5,7-9' (inclusive ranges) into indices; raise InputError if malformed."""
-    bad = _error(where, f"cannot parse slice spec '{spec}'", "use e.g. '0-119', '120-164' or '0,5,7-9' (inclusive)")
+    """Parse '0-119', '120-164', '0,5,7-9' (inclusive ranges) or '0-119:3' (every 3rd) into indices; InputError if malformed."""
+    bad = _error(where, f"cannot parse slice spec '{spec}'", "use e.g. '0-119', '0-119:3' (every 3rd) or '0,5,7-9' (inclusive)")
     text = spec.replace("\u2013", "-").replace("\u2014", "-").replace(" ", "")
     if not text:
         raise bad
     out: list[int] = []
     for part in text.split(","):
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if match is None:
+        match = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+))?)?", part)
+        if match is None or int(match.group(3) or 1) == 0:
             raise bad
         start = int(match.group(1))
         stop = int(match.group(2)) if match.group(2) is not None else start
         if stop < start:
             raise _error(where, f"slice range '{part}' runs backwards", f"write it as '{stop}-{start}'")
-        out.extend(range(start, stop + 1))
+        out.extend(range(start, stop + 1, int(match.group(3) or 1)))
     return out
 
 
 def parse_slices(spec: str | Sequence[int] | None, depth: int, path: str = "") -> list[int]:
-    """Turn a slice spec (None or 'all' = all, '0-119', '0,5,7-9' or a list of ints) into indices checked against `depth`."""
+    """Turn a slice spec (None or 'all' = all, '0-119', '0-119:3', '0,5,7-9' or a list of ints) into indices checked against `depth`."""
     where = path or "slices"
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
         return list(range(depth))

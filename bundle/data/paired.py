@@ -1,4 +1,5 @@
-"""Source/target pairs for adaptation: one dataset item holds a source sample and a random target sample."""
+"""Source/target pairs for adaptation: one dataset item holds a source sample and a random target sample (source-free:
+a target sample alone)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,19 @@ MISSING_FILL = {"density_mask": 1.0, "point_mask": 0.0}
 
 
 class PairedDataset(Dataset):
-    """Item i = {"source": source[i], "target": target[random]}; the target index uses torch's per-worker RNG."""
+    """Item i = {"source": source[i], "target": target[random]}; the target index uses torch's per-worker RNG.
+    Source-free (`source` None): item i = {"target": target[i]}."""
 
-    def __init__(self, source: Dataset, target: Dataset) -> None:
+    def __init__(self, source: Dataset | None, target: Dataset) -> None:
         self.source = source
         self.target = target
 
     def __len__(self) -> int:
-        return len(self.source)
+        return len(self.target if self.source is None else self.source)
 
     def __getitem__(self, index: int) -> dict:
+        if self.source is None:
+            return {"target": self.target[index]}
         target_index = int(torch.randint(len(self.target), (1,)).item())
         return {"source": self.source[index], "target": self.target[target_index]}
 
@@ -38,10 +42,11 @@ def prepare_paired_batch(
     non_blocking: bool = False,
     **kwargs,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(source and target images stacked, targets stacked + "num_source") for SupervisedTrainer and AdaptationLoss."""
-    source, target = batchdata["source"], batchdata["target"]
-    targets = {key: torch.cat([_get(source, key), _get(target, key)]) for key in TARGET_KEYS}
+    """(source and target images stacked, targets stacked + "num_source") for SupervisedTrainer and AdaptationLoss;
+    a batch without "source" (source-free) gives the target part alone and num_source 0."""
+    parts = [batchdata[name] for name in ("source", "target") if name in batchdata]
+    targets = {key: torch.cat([_get(part, key) for part in parts]) for key in TARGET_KEYS}
     moved = {k: v.to(device=device, non_blocking=non_blocking) for k, v in targets.items()}
-    moved["num_source"] = torch.tensor(len(source["image"]))
-    images = torch.cat([source["image"], target["image"]]).to(device=device, non_blocking=non_blocking)
+    moved["num_source"] = torch.tensor(len(batchdata["source"]["image"]) if "source" in batchdata else 0)
+    images = torch.cat([part["image"] for part in parts]).to(device=device, non_blocking=non_blocking)
     return images, moved

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from torch.utils.tensorboard import SummaryWriter
 
+from bundle.errors import InputError
 from bundle.losses.prototypes import kmeans_centres
 
 # cosine similarities logged to TensorBoard: (tag, prototype a, prototype b); "fg"/"bg" are the loss's class means
@@ -20,12 +22,32 @@ LOG_PAIRS = (
     ("source_fg_vs_target_label_fg", "source_fg", "target_label_fg"),
     ("target_pl_fg_vs_target_pl_bg", "target_pl_fg", "target_pl_bg"),
 )
+SOURCE_PROTOTYPE_NAMES = ("source_fg", "source_bg")  # what scripts/source_prototypes.py writes
+
+
+def load_source_prototypes(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """{"source_fg", "source_bg"}: (D,) float32 prototypes of a file written by scripts/source_prototypes.py."""
+    path = Path(path)
+    fix = "make it with: python scripts/source_prototypes.py --checkpoint CKPT --output PATH"
+    if not path.is_file():
+        raise InputError(f"{path}: source prototypes file not found; {fix}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise InputError(f"{path}: not a PyTorch file ({type(err).__name__}); {fix}") from err
+    found = state if isinstance(state, dict) else {}
+    rows = {k: found.get(k) for k in SOURCE_PROTOTYPE_NAMES}
+    if not all(isinstance(v, torch.Tensor) and v.ndim == 1 and torch.isfinite(v).all() for v in rows.values()):
+        raise InputError(f"{path}: holds no finite (D,) tensors {', '.join(SOURCE_PROTOTYPE_NAMES)}; {fix}")
+    return {k: v.float() for k, v in rows.items()}
 
 
 class PrototypeBank:
     """Named prototypes as running means (p ← m·p + (1 − m)·batch mean), FIFO buffers of recent features and their
     k-means centres, refit when iteration % refresh_interval == 0 (and once as soon as a buffer can be clustered,
-    with `initial_fit`). The loss calls `update`/`push`; `attach` adds the refresh and TensorBoard logging."""
+    with `initial_fit`). The loss calls `update`/`push`; `attach` adds the refresh and TensorBoard logging.
+    `fixed_source_prototypes` (a scripts/source_prototypes.py file): source_fg/source_bg are that file's and never
+    updated (source-free fine-tuning keeps the source model's prototypes)."""
 
     def __init__(
         self,
@@ -38,6 +60,7 @@ class PrototypeBank:
         log_dir: str | os.PathLike | None = None,
         log_interval: int = 50,
         seed: int = 0,
+        fixed_source_prototypes: str | os.PathLike | None = None,
     ) -> None:
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
@@ -47,6 +70,9 @@ class PrototypeBank:
         self.buffer_size, self.buffer_per_iteration, self.initial_fit = buffer_size, buffer_per_iteration, initial_fit
         self.log_dir, self.log_interval, self.seed = log_dir, log_interval, seed
         self.prototypes: dict[str, torch.Tensor] = {}
+        if fixed_source_prototypes is not None:
+            self.prototypes.update(load_source_prototypes(fixed_source_prototypes))
+        self.fixed: set[str] = set(self.prototypes)  # names that `update` leaves alone
         self.buffers: dict[str, torch.Tensor] = {}
         self.clusters: dict[str, torch.Tensor] = {}
         self.refreshes: list[int] = []  # iterations at which the clusters were fitted
@@ -56,9 +82,9 @@ class PrototypeBank:
 
     @torch.no_grad()
     def update(self, means: Mapping[str, torch.Tensor | None]) -> None:
-        """Running-mean update of each named prototype with this batch's mean (None: no pixel, left unchanged)."""
+        """Running-mean update of each named prototype with this batch's mean (None: no pixel, or fixed: unchanged)."""
         for name, mean in means.items():
-            if mean is None:
+            if mean is None or name in self.fixed:
                 continue
             mean = mean.detach().float()
             old = self.prototypes.get(name)
@@ -124,18 +150,21 @@ class PrototypeBank:
         self._writer.flush()
 
     def state_dict(self) -> dict:
-        """Prototypes, buffers, clusters and refresh iterations (tensors on the CPU)."""
+        """Prototypes, buffers, clusters, refresh iterations (tensors on the CPU) and the names of fixed prototypes."""
         cpu = lambda d: {k: v.detach().cpu().clone() for k, v in d.items()}  # noqa: E731
         return {
             "prototypes": cpu(self.prototypes),
             "buffers": cpu(self.buffers),
             "clusters": cpu(self.clusters),
             "refreshes": torch.as_tensor(self.refreshes, dtype=torch.int64),
+            "fixed": sorted(self.fixed),
         }
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Restore what `state_dict` saved."""
-        self.prototypes = {k: v.clone() for k, v in state["prototypes"].items()}
+        """Restore what `state_dict` saved (fixed prototypes that `state` lacks are kept)."""
+        fixed = {k: v for k, v in self.prototypes.items() if k in self.fixed}
+        self.prototypes = {**fixed, **{k: v.clone() for k, v in state["prototypes"].items()}}
+        self.fixed |= set(state.get("fixed", ()))
         self.buffers = {k: v.clone() for k, v in state["buffers"].items()}
         self.clusters = {k: v.clone() for k, v in state["clusters"].items()}
         self.refreshes = [int(i) for i in state["refreshes"]]

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bundle.networks.multitask_unet import SEG_CHANNELS
+
 
 def masked_mean(features: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor | None:
     """Mean (D,) of `scale`·features over the pixels of (B, D, H, W) `features` where `mask` (B, [1,] H, W) is true
@@ -83,3 +85,39 @@ def kmeans_centres(features: torch.Tensor, k: int, seed: int = 0, n_init: int = 
         return rows.clone()
     model = KMeans(n_clusters=k, n_init=n_init, random_state=int(seed) % (2**32)).fit(rows.numpy().astype(np.float64))
     return torch.as_tensor(model.cluster_centers_, dtype=torch.float32)
+
+
+def _tile_starts(size: int, tile: int) -> list[int]:
+    """Starts of `tile`-long windows covering 0..size (the last one flush with the end)."""
+    return sorted({*range(0, max(size - tile, 0) + 1, tile), max(size - tile, 0)})
+
+
+@torch.no_grad()
+def tile_prototypes(
+    network: torch.nn.Module,
+    items: Sequence[dict],
+    tile: int = 256,
+    delta_easy: float = 0.95,
+    device: str | torch.device = "cpu",
+) -> dict[str, torch.Tensor | int]:
+    """Eq. 7 over whole labelled slices: {"source_fg", "source_bg"} = mean normalised decoder features of the pixels
+    labelled c with p_c > `delta_easy`, seen in `tile`² crops covering each slice (the training crop size: instance
+    norm is per crop), and their pixel counts "num_fg", "num_bg". `items`: load_slices dicts with a 0/1 "label"."""
+    sums, counts = [torch.zeros((), dtype=torch.float64)] * 2, [0, 0]
+    network = network.eval().to(device)
+    for item in items:
+        image, label = torch.as_tensor(item["image"]), torch.as_tensor(item["label"])
+        xs = _tile_starts(image.shape[-1], tile)
+        for y in _tile_starts(image.shape[-2], tile):
+            crops = torch.stack([image[..., y : y + tile, x : x + tile] for x in xs]).float().to(device)
+            labels = torch.stack([label[..., y : y + tile, x : x + tile] for x in xs]).to(device)
+            output, features = network.forward_with_features(crops)
+            probability, scale = torch.softmax(output[:, list(SEG_CHANNELS)], dim=1), inverse_norms(features)
+            for c in (0, 1):
+                mask = confident(labels, probability, c, delta_easy)
+                counts[c] += int(mask.sum())
+                sums[c] = sums[c] + torch.einsum("bdhw,bhw->d", features.double(), (mask * scale).double()).cpu()
+    if min(counts) == 0:
+        raise ValueError(f"no confident pixels of class {counts.index(0)} (p > {delta_easy}); check model and labels")
+    means = {name: (sums[c] / counts[c]).float() for c, name in enumerate(("source_bg", "source_fg"))}
+    return {**means, "num_bg": counts[0], "num_fg": counts[1]}

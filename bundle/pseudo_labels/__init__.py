@@ -1,4 +1,5 @@
-"""Pseudo-labels for self-training: density peaks (detection), IPL / threshold / entropy (segmentation), TTA."""
+"""Pseudo-labels for self-training: density peaks (detection), IPL / threshold / entropy (segmentation), TTA;
+click suggestions (where to click next)."""
 
 from bundle.pseudo_labels.peaks import (
     confident_peaks,
@@ -17,10 +18,12 @@ from bundle.pseudo_labels.selection import (
     pseudo_label,
     threshold_pseudo_label,
 )
+from bundle.pseudo_labels.suggest import Suggestion, rank_suggestions, slice_candidates, suggestion_points
 from bundle.pseudo_labels.tta import TTA_VIEWS, tta_predict
 
 __all__ = [
     "PSEUDO_LABEL_KINDS",
+    "Suggestion",
     "TTA_VIEWS",
     "add_point_labels",
     "binary_entropy",
@@ -32,7 +35,10 @@ __all__ = [
     "instance_aware_pseudo_label",
     "instances_with_points",
     "pseudo_label",
+    "rank_suggestions",
     "select_new_peaks",
+    "slice_candidates",
+    "suggestion_points",
     "threshold_pseudo_label",
     "tta_predict",
 ]
