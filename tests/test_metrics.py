@@ -250,6 +250,13 @@ def test_unmatched_gt_and_false_positive() -> None:
     assert panoptic_quality(pred, gt) == pytest.approx(0.5, abs=APPROX)
 
 
+def test_aji_and_pq_are_zero_when_no_instance_overlaps() -> None:
+    gt = block((6, 6), slice(0, 2), slice(0, 2), 1)
+    pred = block((6, 6), slice(4, 6), slice(4, 6), 1)  # both maps hold an instance, they never touch
+    assert aggregated_jaccard_index(pred, gt) == 0.0
+    assert panoptic_quality(pred, gt) == 0.0
+
+
 def test_aji_picks_max_iou_not_max_intersection() -> None:
     """1x60 image: G = cols 0-9 (10 px); P1 = cols 5-54 (50 px, id 1); P2 = cols 0-3 (4 px, id 2)."""
     gt = block((1, 60), slice(0, 1), slice(0, 10))

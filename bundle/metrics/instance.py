@@ -65,6 +65,8 @@ def aggregated_jaccard_index(pred: np.ndarray, gt: np.ndarray) -> float:
     n_pred, n_gt, area_p, area_g, rows, cols, inter, union = _overlaps(pred, gt)
     if n_pred == 0 or n_gt == 0:
         return _empty_score(n_pred, n_gt)
+    if len(rows) == 0:  # no predicted instance touches a true one: nothing matched, all area is union
+        return 0.0
     iou = inter / union
     # For each gt pick the overlapping pred of maximal IoU (ties: lowest pred label, like np.argmax).
     order = np.lexsort((rows, -iou, cols))
