@@ -14,6 +14,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from bundle.errors import InputError
 from bundle.losses.prototypes import kmeans_centres
+from bundle.networks.checkpoint import read_torch_file
 
 # cosine similarities logged to TensorBoard: (tag, prototype a, prototype b); "fg"/"bg" are the loss's class means
 LOG_PAIRS = (
@@ -29,12 +30,7 @@ def load_source_prototypes(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """{"source_fg", "source_bg"}: (D,) float32 prototypes of a file written by scripts/source_prototypes.py."""
     path = Path(path)
     fix = "make it with: python scripts/source_prototypes.py --checkpoint CKPT --output PATH"
-    if not path.is_file():
-        raise InputError(f"{path}: source prototypes file not found; {fix}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise InputError(f"{path}: not a PyTorch file ({type(err).__name__}); {fix}") from err
+    state = read_torch_file(path, "source prototypes file", fix, fix)
     found = state if isinstance(state, dict) else {}
     rows = {k: found.get(k) for k in SOURCE_PROTOTYPE_NAMES}
     if not all(isinstance(v, torch.Tensor) and v.ndim == 1 and torch.isfinite(v).all() for v in rows.values()):

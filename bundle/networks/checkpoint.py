@@ -12,15 +12,22 @@ import torch.nn as nn
 from bundle.errors import InputError
 
 
+def read_torch_file(path: str | os.PathLike, kind: str, missing_fix: str, bad_fix: str) -> object:
+    """torch.load of a user-given file (CPU, weights only); one-line InputErrors for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {kind} not found; {missing_fix}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise InputError(f"{path}: not a PyTorch {kind} ({type(err).__name__}); {bad_fix}") from err
+
+
 def load_checkpoint(network: nn.Module, path: str | os.PathLike, key: str = "model") -> nn.Module:
     """Load a state dict (plain, or under `key` as CheckpointSaver writes it) into `network`, strictly."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: checkpoint not found; pass --checkpoint PATH to a model.pt written by train.yaml")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise InputError(f"{path}: not a PyTorch checkpoint ({type(err).__name__}); pass a model.pt written by train.yaml") from err
+    fix = "pass a model.pt written by train.yaml"
+    state = read_torch_file(path, "checkpoint", "pass --checkpoint PATH to a model.pt written by train.yaml", fix)
     if isinstance(state, dict) and key in state and isinstance(state[key], dict):
         state = state[key]
     if not isinstance(state, dict):
