@@ -24,7 +24,7 @@ from skimage.measure import label as connected_components  # noqa: E402
 
 from bundle.data.io import parse_slices, read_label_instances, read_volume  # noqa: E402
 from bundle.errors import OneLineParser, fail  # noqa: E402
-from bundle.pseudo_labels.peaks import above_floor  # noqa: E402
+from bundle.pseudo_labels.peaks import component_masses as density_masses  # noqa: E402
 
 
 def dice(mask: np.ndarray, truth: np.ndarray) -> float:
@@ -60,7 +60,7 @@ def component_masses(probability: np.ndarray, density: np.ndarray, truth: np.nda
         ids = np.arange(1, components.max() + 1)
         if not len(ids):
             continue
-        mass = ndimage.sum_labels(np.clip(above_floor(density[z]), 0, None), components, ids)
+        mass = density_masses(density[z], components, ids)
         size = ndimage.sum_labels(np.ones_like(components), components, ids)
         overlap = ndimage.sum_labels(truth[z], components, ids) / size
         rows += list(zip(mass, size, overlap > 0.5))

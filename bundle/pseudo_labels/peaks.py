@@ -57,6 +57,11 @@ def above_floor(density: np.ndarray) -> np.ndarray:
     return density - np.median(density)
 
 
+def component_masses(density: np.ndarray, components: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Floor-removed density mass (in instances, as `estimate_count`) of each labelled component in `ids`."""
+    return np.atleast_1d(ndimage.sum_labels(np.clip(above_floor(density), 0.0, None), components, index=ids))
+
+
 def estimate_count(density: np.ndarray) -> float:
     """Instance count of a slice: the sum of its density above the slice's floor (its median, ~0 on clean maps).
 

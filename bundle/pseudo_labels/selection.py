@@ -11,7 +11,7 @@ from scipy import ndimage
 from skimage.measure import label as connected_components
 
 from bundle.losses.multitask import IGNORE_INDEX
-from bundle.pseudo_labels.peaks import _as_points, _check_inside, _check_slice, above_floor
+from bundle.pseudo_labels.peaks import _as_points, _check_inside, _check_slice, component_masses
 
 BACKGROUND, FOREGROUND = 0, 1
 PSEUDO_LABEL_KINDS = ("ipl", "threshold", "entropy")
@@ -50,7 +50,7 @@ def instance_aware_pseudo_label(
         if density.shape != probability.shape:
             raise ValueError(f"density shape {density.shape} differs from probability shape {probability.shape}")
         ids = np.arange(1, components.max() + 1)
-        mass = np.atleast_1d(ndimage.sum_labels(np.clip(above_floor(density), 0, None), components, index=ids))
+        mass = component_masses(density, components, ids)
         kept = (mass[selected - 1] >= min_density_mass) | np.isin(selected, _component_ids(components, trusted))
         unsupported = ids[(mass < unsupported_background_mass) & ~np.isin(ids, selected)]
         selected = selected[kept]
