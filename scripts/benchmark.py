@@ -7,7 +7,8 @@
 Each run is RUNS_DIR/<method>-<recipe>-seed<S>[-<P>pct[-split<K>]][-reused], holding its step logs (*.log), the
 steps done so far (progress.json) and, once finished, result.json (metrics, wall times, peak RSS, commands, commit).
 A finished run is skipped and its result.json never rewritten; an unfinished one is rerun with the same commands
-from its first unfinished step (training resumes from RUN/checkpoints). Then only the block between
+from its first unfinished step (training resumes from RUN/checkpoints). Several benchmark processes may share a runs
+dir: a run in progress holds RUN/.lock (its process id), and the others skip it (a killed holder's lock is taken over). Then only the block between
 `<!-- benchmark:begin -->` and `<!-- benchmark:end -->` of --results is rewritten (appended if missing), and
 benchmark_dice.png / benchmark_points.png are written beside it. Points: 15 % has splits (15pct_split<K>.csv);
 5, 30 and 50 % have one file each (--splits does not apply). CPU-recipe adaptations start from
@@ -18,6 +19,7 @@ plan). Bad input prints one line 'mitoda: error: ...' on stderr and exits with c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -65,6 +67,44 @@ Result = dict[str, Any]
 
 class StepFailed(RuntimeError):
     """A bundle command of a run exited with a non-zero code."""
+
+
+class RunBusy(RuntimeError):
+    """Another live benchmark process holds the run's lock."""
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(out: Path):
+    """Hold out/.lock (this process's id) while a run executes; a dead holder's lock is taken over, a live one's not."""
+    lock = out / ".lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            holder = lock.read_text().strip() if lock.exists() else ""
+            if holder.isdigit() and pid_alive(int(holder)):
+                raise RunBusy(f"{out}: process {holder} is running it (lock {lock})") from None
+            lock.unlink(missing_ok=True)  # left by a killed benchmark
+    else:
+        raise RunBusy(f"{out}: another process took its lock {lock} first")
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -220,6 +260,14 @@ def read_metrics(path: Path) -> dict[str, float]:
 def execute(run: Run, steps: dict[str, list[str]], out: Path, args: argparse.Namespace) -> Result:
     """Do the steps of `run` from the first one not done with the same command, then write out/result.json."""
     out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out):
+        if (out / "result.json").exists():  # finished by another benchmark process while this one waited
+            return json.loads((out / "result.json").read_text())
+        return _execute(run, steps, out, args)
+
+
+def _execute(run: Run, steps: dict[str, list[str]], out: Path, args: argparse.Namespace) -> Result:
+    """execute() under the run's lock."""
     progress_path = out / "progress.json"
     progress = json.loads(progress_path.read_text()) if progress_path.exists() else {"attempts": 0, "steps": {}}
     progress["attempts"] += 1
@@ -541,6 +589,9 @@ def main(argv: list[str] | None = None) -> int:
         except StepFailed as exc:
             print(f"mitoda: error: {exc}", file=sys.stderr, flush=True)
             failed.append(run.name)
+            continue
+        except RunBusy as exc:
+            print(f"{tag(i, len(runs), start, run.name)} skip ({exc})", flush=True)
             continue
         times = f"train {duration(result['train_wall_s'])}, run {duration(result['run_wall_s'])}"
         dice, peak = result["metrics"]["dice"], result["peak_rss_bytes"] / 1e9

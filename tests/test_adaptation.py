@@ -169,3 +169,40 @@ def test_resume_skips_a_checkpoint_truncated_while_saving(tmp_path: Path) -> Non
     ResumeFromLatest(tmp_path, {"model": restored, "trainer": fresh})(fresh)
     assert fresh.state.iteration == 4
     torch.testing.assert_close(restored.weight, network.weight)
+
+
+@pytest.mark.parametrize("fixed_count", [False, True])
+def test_fixed_count_keeps_the_first_rounds_count(tmp_path: Path, fixed_count: bool) -> None:
+    """A density head that doubles its mass between rounds doubles the new pseudo-points, unless counts are fixed."""
+    import json
+
+    from bundle.data.density import density_map
+    from bundle.handlers import PseudoLabelRounds
+
+    centres = np.array([[12, 12], [12, 52], [52, 12], [52, 52]])
+    network = _FixedOutput(None)
+
+    def show(num_instances: int) -> None:
+        """Let the network predict `num_instances` of the four Gaussians (and background everywhere)."""
+        density = density_map(centres[:num_instances], (64, 64), sigma=3.0)
+        logits = np.stack([np.zeros((64, 64)), np.full((64, 64), -5.0)])
+        network.output = torch.as_tensor(np.concatenate([logits, density[None]]), dtype=torch.float32)[None]
+
+    def make_rounds() -> PseudoLabelRounds:
+        items = [{"image": np.zeros((1, 64, 64), np.float32)}]
+        return PseudoLabelRounds(
+            items, network, lambda x, net: net(x), tmp_path / f"pl_{fixed_count}", num_rounds=2, beta=0.5,
+            omega_fractions=[0.0, 0.0], sigma=3.0, tta_views=1, peak_min_distance=5, fixed_count=fixed_count,
+        )  # fmt: skip
+
+    rounds = make_rounds()
+    show(2)
+    rounds.run_round()  # count 2: round(0.5 × 2) = 1 new point
+    assert len(rounds.pseudo[0]) == 1
+    resumed = make_rounds()
+    resumed.load_state_dict(rounds.state_dict())  # the fixed counts travel with the checkpoint
+    show(4)
+    resumed.run_round()  # count 4 now: 2 more points, or 1 with the first round's count
+    assert len(resumed.pseudo[0]) == (2 if fixed_count else 3)
+    summary = json.loads((tmp_path / f"pl_{fixed_count}" / "round_1" / "summary.json").read_text())
+    assert summary["estimated_count"] == pytest.approx(2.0 if fixed_count else 4.0, abs=0.05)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -184,3 +185,20 @@ def test_dry_run_prints_commands_only(tmp_path, fake, capsys) -> None:
     assert "--source_checkpoint " + str(tmp_path / "runs" / "noadapt-paper-seed0" / "model.pt") in out
     assert "--pseudo_label_kind entropy --pseudo_label_kwargs \"{}\"" in out and "--contrast_mode both_separate" in out
     assert out.count("# ") == len(benchmark.METHODS)
+
+
+def test_a_run_locked_by_a_live_process_is_skipped_and_a_dead_ones_lock_is_taken_over(tmp_path, fake, capsys) -> None:
+    import subprocess
+
+    runs = tmp_path / "runs"
+    live, stale = runs / "noadapt-cpu-seed0-reused", runs / "wda-cpu-seed0-15pct-split1"
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its id now belongs to no process
+    for folder, pid in ((live, os.getppid()), (stale, dead.pid)):
+        folder.mkdir(parents=True)
+        (folder / ".lock").write_text(str(pid))
+    assert main(tmp_path, "--methods", "noadapt", "wda") == 0
+    out = capsys.readouterr().out
+    assert f"process {os.getppid()} is running it" in out
+    assert not (live / "result.json").exists() and (live / ".lock").read_text() == str(os.getppid())
+    assert (stale / "result.json").exists() and not (stale / ".lock").exists()

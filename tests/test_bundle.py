@@ -62,15 +62,25 @@ def train_args(crops: dict[str, Path], output_dir: Path, iterations: int) -> lis
     ]  # fmt: skip
 
 
+def mlflow_metrics(folder: Path) -> dict[str, float]:
+    """The latest metrics of the one MLflow run that `--tracking mlflow` recorded in folder/mlruns.db."""
+    import mlflow
+
+    runs = mlflow.MlflowClient(f"sqlite:///{folder / 'mlruns.db'}").search_runs(["1"])  # MONAI's monai_experiment
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    return runs[0].data.metrics
+
+
 def test_train_inference_evaluate_end_to_end(real_crops: dict[str, Path], tmp_path: Path) -> None:
+    """The three configs run as a user would, each with `--tracking mlflow` (MONAI's MLFlowHandler on our engines)."""
     run_dir, pred_dir, score_dir = tmp_path / "run", tmp_path / "pred", tmp_path / "scores"
-    result = run_bundle(*train_args(real_crops, run_dir, iterations=4))
+    result = run_bundle(*train_args(real_crops, run_dir, iterations=4), "--tracking", "mlflow")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run_dir / "model.pt").is_file() and (run_dir / "checkpoints" / "checkpoint_epoch=2.pt").is_file()
     assert list(run_dir.glob("events.out.tfevents.*")), "TensorBoard logs missing"
     result = run_bundle(
         "--config_file", "configs/inference.yaml", "--input_image", str(real_crops["val_image"]),
-        "--output_dir", str(pred_dir), "--checkpoint", str(run_dir / "model.pt"),
+        "--output_dir", str(pred_dir), "--checkpoint", str(run_dir / "model.pt"), "--tracking", "mlflow",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("probability.tif", "density.tif", "instances.tif"):
@@ -78,7 +88,7 @@ def test_train_inference_evaluate_end_to_end(real_crops: dict[str, Path], tmp_pa
     result = run_bundle(
         "--config_file", "configs/evaluate.yaml", "--prediction_dir", str(pred_dir),
         "--label", str(real_crops["val_label"]), "--slices", "all", "--output_dir", str(score_dir),
-        "--image", str(real_crops["val_image"]),
+        "--image", str(real_crops["val_image"]), "--tracking", "mlflow",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((score_dir / "metrics.json").read_text())
@@ -88,6 +98,9 @@ def test_train_inference_evaluate_end_to_end(real_crops: dict[str, Path], tmp_pa
         assert key == "mcc" or 0.0 <= metrics[key] <= 1.0, (key, metrics[key])
         assert len(metrics["per_slice"][key]) == 2
     assert set(metrics["volume"]) == {"dice", "iou", "f1", "mcc", "map"}
+    tracked = mlflow_metrics(run_dir), mlflow_metrics(pred_dir), mlflow_metrics(score_dir)
+    assert {"train_loss", "val_dice", "val_pq"} <= set(tracked[0]) and tracked[1]["wall_s"] > 0
+    assert all(tracked[2][key] == pytest.approx(metrics[key]) for key in ("dice", "iou", "aji", "pq"))
 
 
 def test_killed_training_resumes_from_last_checkpoint(real_crops: dict[str, Path], tmp_path: Path) -> None:

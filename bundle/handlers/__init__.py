@@ -1,9 +1,10 @@
 """Custom MONAI/ignite handlers."""
 
+from bundle.handlers.call_engine import CallEngine
 from bundle.handlers.loss_terms import LossTermsLogger
 from bundle.handlers.prototype_bank import PrototypeBank
 from bundle.handlers.pseudo_label_rounds import PseudoLabelRounds
 from bundle.handlers.resume import ResumeFromLatest, latest_checkpoint
 from bundle.handlers.slice_metric import SliceMetric
 
-__all__ = ["LossTermsLogger", "PrototypeBank", "PseudoLabelRounds", "ResumeFromLatest", "SliceMetric", "latest_checkpoint"]
+__all__ = ["CallEngine", "LossTermsLogger", "PrototypeBank", "PseudoLabelRounds", "ResumeFromLatest", "SliceMetric", "latest_checkpoint"]

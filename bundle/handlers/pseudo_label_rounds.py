@@ -25,6 +25,7 @@ from bundle.pseudo_labels import (
     add_point_labels,
     confident_peaks,
     density_background_mask,
+    estimate_count,
     pseudo_label,
     select_new_peaks,
     tta_predict,
@@ -65,7 +66,9 @@ class PseudoLabelRounds:
     """At the start of every `interval`-th epoch, until `num_rounds`: TTA-predict the target, add β% new density
     peaks to the pseudo-points, rebuild target densities and their loss mask, and relabel the target with the
     chosen pseudo-label rule (IPL uses Ω = ground-truth points + the `omega_fractions[r]` most confident peaks);
-    with `density_confirms_background`, background labels also need the density's confident background.
+    with `density_confirms_background`, background labels also need the density's confident background; with
+    `fixed_count`, every round uses the per-slice instance counts estimated in the first round (by the starting model)
+    for β and Ω, so a density head that inflates its mass while it adapts cannot inflate the pseudo-labels.
     Labels are written to output_dir/round_r and swapped into the dataset; round and points live in the checkpoint.
     Under torch.distributed, rank 0 computes and writes each round and the other ranks install its files.
     """
@@ -92,6 +95,7 @@ class PseudoLabelRounds:
         preview_slices: Sequence[int] = (0,),
         density_confirms_background: bool = False,
         point_radius: float = 5.0,
+        fixed_count: bool = False,
         device: str | torch.device = "cpu",
     ) -> None:
         if len(omega_fractions) < num_rounds:
@@ -110,6 +114,8 @@ class PseudoLabelRounds:
         self.preview_slices = [z for z in preview_slices if z < len(items)]
         self.density_confirms_background = density_confirms_background
         self.point_radius = point_radius
+        self.fixed_count = fixed_count
+        self.counts: list[float] | None = None  # per-slice counts of the first round, with fixed_count
         self.device = torch.device(device)
         self.logger = logging.getLogger("mitoda.pseudo_labels")
         self._writer: SummaryWriter | None = None
@@ -143,20 +149,22 @@ class PseudoLabelRounds:
         r = self.round
         was_training = self.network.training
         self.network.eval()
-        labels, masks, densities = [], [], []
+        labels, masks, densities, counts = [], [], [], []
         for z, item in enumerate(self.items):
             image = torch.as_tensor(item["image"], dtype=torch.float32, device=self.device)[None]
             probability, density = (t[0, 0].cpu().numpy() for t in tta_predict(self.network, image, self.inferer, self.tta_views))
+            counts.append(estimate_count(density) if self.counts is None else self.counts[z])
+            count = counts[-1] if self.fixed_count else None  # None: this round's estimate, as `counts[-1]`
             known = np.concatenate([self.gt[z], self.pseudo[z]])
             if r < self.detection_rounds and self.beta > 0:
-                new = select_new_peaks(density, known, self.beta, exclude_radius=self.peaks["min_distance"], **self.peaks)
+                new = select_new_peaks(density, known, self.beta, exclude_radius=self.peaks["min_distance"], count=count, **self.peaks)
                 self.pseudo[z] = np.concatenate([self.pseudo[z], new]).astype(np.int64)
             all_points = np.concatenate([self.gt[z], self.pseudo[z]])
             background = density_background_mask(density, sigma=self.sigma, points=all_points, **self.peaks)
             densities.append(self._target_density(z, density.shape))
             masks.append(((densities[-1] > 1e-8) | background).astype(np.uint8))
             if self.kind == "ipl":
-                omega = confident_peaks(density, self.omega_fractions[r], **self.peaks) if self.omega_fractions[r] > 0 else np.zeros((0, 2), np.int64)
+                omega = confident_peaks(density, self.omega_fractions[r], count=count, **self.peaks) if self.omega_fractions[r] > 0 else np.zeros((0, 2), np.int64)
                 labels.append(pseudo_label("ipl", probability, points=omega, density=density, gt_points=self.gt[z], **self.label_kwargs))
             else:
                 labels.append(pseudo_label(self.kind, probability, **self.label_kwargs))
@@ -165,12 +173,14 @@ class PseudoLabelRounds:
                 labels[-1][(labels[-1] == 0) & ~background] = IGNORE_INDEX
             labels[-1] = add_point_labels(labels[-1], self.gt[z], radius=self.point_radius)  # ŷ^t fuses the points
         self.network.train(was_training)
+        if self.fixed_count and self.counts is None:
+            self.counts = counts
         labels = np.stack(labels)
         point_masks = np.stack([instances_with_points(label, gt) for label, gt in zip(labels, self.gt)])
         self._write_round(r, labels, np.stack(masks), point_masks)
         self.round = r + 1
         self._install(labels, masks, densities, point_masks)
-        self._log(r, iteration, labels)
+        self._log(r, iteration, labels, sum(counts))
 
     def _write_round(self, r: int, labels: np.ndarray, masks: np.ndarray, point_masks: np.ndarray | None = None) -> None:
         """Write labels.tif, density_mask.tif, point_mask.tif, pseudo_points.csv and previews into round_r (atomically)."""
@@ -208,10 +218,11 @@ class PseudoLabelRounds:
         if self.dataset is not None and hasattr(self.dataset, "set_data"):
             self.dataset.set_data(self.items)
 
-    def _log(self, r: int, iteration: int, labels: np.ndarray) -> None:
+    def _log(self, r: int, iteration: int, labels: np.ndarray, estimated_count: float) -> None:
         """Counts of the round to the log, round_r/summary.json and TensorBoard."""
         summary = {
             "round": r + 1,
+            "estimated_count": round(float(estimated_count), 1),  # the first round's with fixed_count
             "gt_points": int(sum(len(p) for p in self.gt)),
             "pseudo_points": int(sum(len(p) for p in self.pseudo)),
             "foreground_fraction": float((labels == 1).mean()),
@@ -227,13 +238,16 @@ class PseudoLabelRounds:
         self._writer.flush()
 
     def state_dict(self) -> dict:
-        """Round number and pseudo-points (the label files stay in round_r on disk)."""
-        return {"round": self.round, "pseudo_points": torch.as_tensor(stack_points(self.pseudo))}
+        """Round number, pseudo-points and fixed counts (the label files stay in round_r on disk)."""
+        counts = torch.as_tensor(self.counts if self.counts is not None else [], dtype=torch.float64)
+        return {"round": self.round, "pseudo_points": torch.as_tensor(stack_points(self.pseudo)), "counts": counts}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the round and points and reinstall the last round's labels from disk."""
         self.round = int(state["round"])
         self.pseudo = points_by_slice(np.asarray(state["pseudo_points"]), len(self.items))
+        counts = state.get("counts")  # absent in checkpoints from before fixed_count
+        self.counts = [float(c) for c in counts] if counts is not None and len(counts) else None
         if self.round > 0:
             self._install_last_round()
 

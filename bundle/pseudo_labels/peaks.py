@@ -84,10 +84,10 @@ def find_peaks(
 
 
 def confident_peaks(
-    density: np.ndarray, fraction: float, min_distance: int = 7, threshold_abs: float = 2e-4
+    density: np.ndarray, fraction: float, min_distance: int = 7, threshold_abs: float = 2e-4, count: float | None = None
 ) -> np.ndarray:
-    """The round(fraction × N) highest peaks, N = estimated count (IPL's Ω: 0.5 in round 2, 0.95 in round 3)."""
-    wanted = _round_half_up(_check_fraction(fraction) * estimate_count(density))
+    """The round(fraction × N) highest peaks, N = `count` or the estimated count (IPL's Ω: 0.5 in round 2, 0.95 in 3)."""
+    wanted = _round_half_up(_check_fraction(fraction) * (estimate_count(density) if count is None else count))
     coords, _ = find_peaks(density, min_distance=min_distance, threshold_abs=threshold_abs)
     return coords[:wanted]
 
@@ -100,14 +100,15 @@ def select_new_peaks(
     exclude_radius: float = 7.0,
     threshold_abs: float = 2e-4,
     cumulative: bool = False,
+    count: float | None = None,
 ) -> np.ndarray:
     """One round of detection pseudo-points: the highest peaks farther than `exclude_radius` from every known point.
 
-    The number taken is round(fraction × N), N = estimated count (β = 0.2 per round). With `cumulative=True`
+    The number taken is round(fraction × N), N = `count` or the estimated count (β = 0.2 per round). With `cumulative=True`
     `fraction` is instead the share of N that known + new points should reach (WDA-Net's rule), so
     max(0, round(fraction × N) − len(known_points)) are taken. Fewer are returned when fewer peaks qualify.
     """
-    count = estimate_count(density)
+    count = estimate_count(density) if count is None else count
     known = _as_points(known_points)
     wanted = _round_half_up(_check_fraction(fraction) * count)
     if cumulative:
