@@ -84,7 +84,7 @@ def test_paired_batch_and_loss_sum_per_domain() -> None:
 
 def test_adaptation_killed_and_resumed(crops: dict[str, Path], tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    command = adapt_command(crops, run_dir, iterations=6)
+    command = adapt_command(crops, run_dir, iterations=6) + ["--fixed_count", "True", "--snap_to_membranes", "True"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first_checkpoint = run_dir / "checkpoints" / "checkpoint_epoch=1.pt"
     deadline = time.time() + 600
@@ -94,7 +94,9 @@ def test_adaptation_killed_and_resumed(crops: dict[str, Path], tmp_path: Path) -
     process.wait()
     assert first_checkpoint.exists()
     saved = torch.load(first_checkpoint, weights_only=True)
-    assert int(saved["pseudo_labels"]["round"]) == 1  # the round belongs to the checkpoint
+    assert int(saved["pseudo_labels"]["round"]) == 1  # the round belongs to the checkpoint ...
+    counts = saved["pseudo_labels"]["counts"]  # ... and so do round 1's counts (fixed_count)
+    assert len(counts) == 2
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
@@ -103,6 +105,7 @@ def test_adaptation_killed_and_resumed(crops: dict[str, Path], tmp_path: Path) -
     assert "pseudo-label round 2/" in log and "pseudo-label round 3/" in log
     final = torch.load(run_dir / "checkpoints" / "checkpoint_epoch=3.pt", weights_only=True)
     assert final["trainer"]["iteration"] == 6 and int(final["pseudo_labels"]["round"]) == 3
+    torch.testing.assert_close(final["pseudo_labels"]["counts"], counts)  # kept through the resume
     labels = read_volume(run_dir / "pseudo_labels" / "round_2" / "labels.tif")
     assert labels.shape == (2, 256, 256) and set(np.unique(labels).tolist()) <= {0, 1, 255}
     assert (run_dir / "pseudo_labels" / "round_2" / "preview_z000.png").is_file()

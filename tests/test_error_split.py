@@ -43,3 +43,13 @@ def test_component_masses_flags_true_and_lookalike_components() -> None:
     assert rows.shape == (2, 3)
     assert rows[0, 2] == 1 and rows[0, 0] > 0.9 and rows[0, 1] == 36
     assert rows[1, 2] == 0 and rows[1, 0] < 1e-6 and rows[1, 1] == 16
+
+
+def test_dice_after_erosion_rewards_a_too_wide_outline_only() -> None:
+    truth = np.zeros((1, 30, 30), bool)
+    truth[0, 10:20, 10:20] = True
+    wide = np.zeros_like(truth)
+    wide[0, 9:21, 9:21] = True  # 1 px too wide: eroding 1 px gives the truth back
+    scores = error_split.dice_after_erosion(wide, truth, pixels=(1, 2))
+    assert scores[1] == 1.0 and scores[2] == 2 * 64 / (64 + 100)
+    assert error_split.dice_after_erosion(truth, truth, pixels=(1,))[1] == 2 * 64 / (64 + 100)  # a right one loses

@@ -321,3 +321,25 @@ def test_tta_with_the_multitask_unet_on_a_non_square_slice() -> None:
     assert float(density.min()) >= 0.0
     with pytest.raises(ValueError, match="B, C, H, W"):
         tta_predict(net, torch.rand(1, 40, 56), INFERER)
+
+
+def test_snap_to_membranes_cuts_a_too_wide_outline_back_to_the_dark_ring() -> None:
+    from bundle.pseudo_labels import snap_to_membranes
+
+    yy, xx = np.mgrid[:64, :64]
+    radius = np.hypot(yy - 32, xx - 32)
+    image = np.where(radius <= 10, 0.5, 1.0)  # a mitochondrion (0.5) on brighter cytoplasm (1.0) ...
+    image[(radius > 8.5) & (radius <= 10)] = 0.0  # ... inside its dark membrane
+    label = np.full((64, 64), 255, np.uint8)
+    label[radius <= 12.5] = 1  # pseudo-label 2-3 px too wide (the eroded marker, 3 px in, reaches the membrane)
+    label[radius > 30] = 0
+    snapped = snap_to_membranes(label, image)
+    inside = snapped == 1
+    assert inside[radius <= 8].all() and not inside[radius > 10.5].any()  # the outline now lies on the membrane
+    assert (snapped[(radius > 10.5) & (radius <= 12.5)] == 0).all()  # cut-off pixels are background
+    assert (snapped[(radius > 12.5) & (radius <= 30)] == 255).all() and (snapped[radius > 30] == 0).all()  # rest kept
+    assert not ((snapped == 1) & (label != 1)).any()  # it only shrinks
+    empty = np.zeros((8, 8), np.uint8)
+    np.testing.assert_array_equal(snap_to_membranes(empty, np.ones((8, 8))), empty)
+    with pytest.raises(ValueError, match="shape"):
+        snap_to_membranes(label, image[:10])

@@ -28,6 +28,7 @@ from bundle.pseudo_labels import (
     estimate_count,
     pseudo_label,
     select_new_peaks,
+    snap_to_membranes,
     tta_predict,
 )
 from bundle.pseudo_labels.selection import instances_with_points
@@ -68,7 +69,8 @@ class PseudoLabelRounds:
     chosen pseudo-label rule (IPL uses Ω = ground-truth points + the `omega_fractions[r]` most confident peaks);
     with `density_confirms_background`, background labels also need the density's confident background; with
     `fixed_count`, every round uses the per-slice instance counts estimated in the first round (by the starting model)
-    for β and Ω, so a density head that inflates its mass while it adapts cannot inflate the pseudo-labels.
+    for β and Ω, so a density head that inflates its mass while it adapts cannot inflate the pseudo-labels; with
+    `snap_to_membranes`, each instance's outline is cut back to its membrane and the cut-off pixels become background.
     Labels are written to output_dir/round_r and swapped into the dataset; round and points live in the checkpoint.
     Under torch.distributed, rank 0 computes and writes each round and the other ranks install its files.
     """
@@ -96,6 +98,7 @@ class PseudoLabelRounds:
         density_confirms_background: bool = False,
         point_radius: float = 5.0,
         fixed_count: bool = False,
+        snap_to_membranes: bool = False,
         device: str | torch.device = "cpu",
     ) -> None:
         if len(omega_fractions) < num_rounds:
@@ -115,6 +118,7 @@ class PseudoLabelRounds:
         self.density_confirms_background = density_confirms_background
         self.point_radius = point_radius
         self.fixed_count = fixed_count
+        self.snap = snap_to_membranes
         self.counts: list[float] | None = None  # per-slice counts of the first round, with fixed_count
         self.device = torch.device(device)
         self.logger = logging.getLogger("mitoda.pseudo_labels")
@@ -171,6 +175,8 @@ class PseudoLabelRounds:
             if self.density_confirms_background:
                 # cross-task teaching: background only where the detection head also sees no instance nearby
                 labels[-1][(labels[-1] == 0) & ~background] = IGNORE_INDEX
+            if self.snap:  # after the density check: the pixels cut off are taught as background
+                labels[-1] = snap_to_membranes(labels[-1], np.asarray(item["image"])[0])
             labels[-1] = add_point_labels(labels[-1], self.gt[z], radius=self.point_radius)  # ŷ^t fuses the points
         self.network.train(was_training)
         if self.fixed_count and self.counts is None:

@@ -16,6 +16,7 @@ from bundle.pseudo_labels.selection import (
     instance_aware_pseudo_label,
     instances_with_points,
     pseudo_label,
+    snap_to_membranes,
     threshold_pseudo_label,
 )
 from bundle.pseudo_labels.suggest import Suggestion, rank_suggestions, slice_candidates, suggestion_points
@@ -38,6 +39,7 @@ __all__ = [
     "rank_suggestions",
     "select_new_peaks",
     "slice_candidates",
+    "snap_to_membranes",
     "suggestion_points",
     "threshold_pseudo_label",
     "tta_predict",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 from skimage.measure import label as connected_components
+from skimage.segmentation import watershed
 
 from bundle.losses.multitask import IGNORE_INDEX
 from bundle.pseudo_labels.peaks import _as_points, _check_inside, _check_slice, component_masses
@@ -148,6 +149,30 @@ def add_point_labels(label: np.ndarray, points: np.ndarray | None, radius: float
     seeds[points[:, 0], points[:, 1]] = False
     fused[ndimage.distance_transform_edt(seeds) <= radius] = FOREGROUND
     return fused
+
+
+def snap_to_membranes(
+    label: np.ndarray, image: np.ndarray, erode: int = 3, ring: int = 10, sigma: float = 1.0
+) -> np.ndarray:
+    """Copy of `label` whose foreground (1) pixels beyond their mitochondrion's membrane become background (0).
+
+    EM stains membranes dark: a marker watershed of the smoothed image (elevation = −intensity, so that basins meet
+    on the darkest ridge) grows the foreground eroded by `erode` px against everything farther than `ring` px from
+    it; foreground pixels the outside basin takes become background. Only shrinks: no pixel becomes foreground.
+    """
+    label, image = _check_slice(label, "label"), _check_slice(image, "image")
+    if label.shape != image.shape:
+        raise ValueError(f"label {label.shape} and image {image.shape} differ in shape")
+    foreground = label == FOREGROUND
+    if not foreground.any():
+        return label.copy()
+    markers = np.zeros(label.shape, np.int32)
+    markers[~ndimage.binary_dilation(foreground, iterations=ring)] = 1
+    markers[ndimage.binary_erosion(foreground, iterations=erode)] = 2
+    inside = watershed(-ndimage.gaussian_filter(image.astype(np.float64), sigma), markers) == 2
+    snapped = label.copy()
+    snapped[foreground & ~inside] = BACKGROUND
+    return snapped
 
 
 def instances_with_points(label: np.ndarray, points: np.ndarray | None) -> np.ndarray:
