@@ -231,11 +231,13 @@ def plan(args: argparse.Namespace) -> list[Run]:
 
 
 def git_commit() -> tuple[str, bool]:
-    """(short HEAD commit, whether tracked files differ from it)."""
+    """(short HEAD commit, whether tracked code, configs or models differ from it; docs/, which the report rewrites,
+    do not count)."""
     def git(*argv: str) -> str:
         return subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
-    return git("rev-parse", "--short", "HEAD") or "unknown", bool(git("status", "--porcelain", "--untracked-files=no"))
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "bundle", "configs", "scripts", "models")
+    return git("rev-parse", "--short", "HEAD") or "unknown", bool(changed)
 
 
 def write_json(path: Path, data: Any, exclusive: bool = False) -> None:
