@@ -39,6 +39,7 @@ from bundle.errors import OneLineParser as _Parser, fail as _fail  # noqa: E402
 TRAIN, ORACLE, PAPER = "configs/train.yaml", "configs/oracle.yaml", "configs/recipe_paper.yaml"
 WDA, UDA, CONTRAST = "configs/adapt_wda.yaml", "configs/adapt_uda.yaml", "configs/contrast.yaml"
 CAFA, R4MITO = "configs/adapt_cafa.yaml", "configs/adapt_r4mito.yaml"
+SOURCE_FREE = "configs/source_free.yaml"  # needs models/source_prototypes.pt, i.e. the CPU recipe's source model
 INFERENCE, EVALUATE = "configs/inference.yaml", "configs/evaluate.yaml"
 SOURCE_MODEL = "models/source_model.pt"  # NoAdapt, CPU recipe, seed 0: the default source_checkpoint of adapt_wda.yaml
 
@@ -50,6 +51,9 @@ METHODS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "wda_threshold": ((TRAIN, WDA), {"pseudo_label_kind": "threshold", "pseudo_label_kwargs": "{}"}),
     "wda_entropy": ((TRAIN, WDA), {"pseudo_label_kind": "entropy", "pseudo_label_kwargs": "{}"}),
     "uda": ((TRAIN, WDA, UDA), {}),
+    # source-free (recipe v3, scripts/finetune.py's default): no source batches; the last epoch's model, as there
+    "wda_source_free": ((TRAIN, WDA, CONTRAST, SOURCE_FREE), {"validation": "False"}),
+    "uda_source_free": ((TRAIN, WDA, CONTRAST, SOURCE_FREE, UDA), {"validation": "False"}),
     "cafa": ((TRAIN, WDA, UDA, CAFA), {}),
     "r4mito": ((TRAIN, WDA, UDA, CAFA, R4MITO), {}),
     "contrast": ((TRAIN, WDA, CONTRAST), {}),  # contrast_mode foreground_focused: the method
@@ -451,12 +455,13 @@ def plots(results: list[Result], folder: Path) -> list[str]:
     plot(folder / "benchmark_dice.png", f"Dice on EPFL {SLICES} (mean ± std over runs)", names, {"Dice": bars}, True)
     series: Series = {}
     for recipe in sorted({r["recipe"] for r in results}):
-        by_x: dict[int, list[float]] = {}
-        for r in results:
-            if r["recipe"] == recipe and r["method"] in ("uda", "wda"):
-                by_x.setdefault(r.get("points_fraction") or 0, []).append(r["metrics"]["dice"])
-        if by_x:
-            series[recipe] = [(x, *stats(dice)) for x, dice in sorted(by_x.items())]
+        for suffix, pair in (("", ("uda", "wda")), (" source-free", ("uda_source_free", "wda_source_free"))):
+            by_x: dict[int, list[float]] = {}
+            for r in results:
+                if r["recipe"] == recipe and r["method"] in pair:
+                    by_x.setdefault(r.get("points_fraction") or 0, []).append(r["metrics"]["dice"])
+            if by_x:
+                series[recipe + suffix] = [(x, *stats(dice)) for x, dice in sorted(by_x.items())]
     if not series:
         return ["benchmark_dice.png"]
     xs = sorted({x for points in series.values() for x, _, _ in points})
@@ -546,6 +551,9 @@ def check(args: argparse.Namespace) -> None:
         _fail(f"{args.runs_dir}: is a file; pass a folder as --runs_dir")
     if args.report_only:
         return
+    if args.recipe == "paper" and any(SOURCE_FREE in METHODS[m][0] for m in args.methods):
+        _fail("source-free methods need the prototypes of their source model, and only the CPU recipe's has them "
+              "(models/source_prototypes.pt); drop them or use --recipe cpu")  # fmt: skip
     args.dataset_dir = args.dataset_dir.expanduser().resolve()
     if not (args.dataset_dir / "epfl_hippocampus" / "training.tif").is_file():
         _fail(f"{args.dataset_dir}: not a data root (no epfl_hippocampus/training.tif); pass --dataset_dir")

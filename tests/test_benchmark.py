@@ -164,6 +164,7 @@ def test_one_line_errors(tmp_path, fake, capsys) -> None:
         (["--methods", "wda", "--dataset_dir", str(tmp_path / "nowhere")], "not a data root"),
         (["--methods", "wda", "--points_fraction", "7"], "no such points file"),
         (["--methods", "wda", "--test_image", str(tmp_path)], "go together"),
+        (["--methods", "wda_source_free", "--recipe", "paper"], "only the CPU recipe's has them"),
     ]
     for args, message in cases:
         with pytest.raises(SystemExit) as info:
@@ -178,13 +179,18 @@ def test_one_line_errors(tmp_path, fake, capsys) -> None:
 
 
 def test_dry_run_prints_commands_only(tmp_path, fake, capsys) -> None:
-    assert main(tmp_path, "--methods", *benchmark.METHODS, "--recipe", "paper", "--dry_run") == 0
+    methods = [m for m in benchmark.METHODS if "source_free" not in m]  # CPU recipe only (test_one_line_errors)
+    assert main(tmp_path, "--methods", *methods, "--recipe", "paper", "--dry_run") == 0
     out = capsys.readouterr().out
     assert fake.calls == [] and not (tmp_path / "runs").exists() and not (tmp_path / "results.md").exists()
     assert "--config_file \"['configs/train.yaml','configs/adapt_wda.yaml','configs/recipe_paper.yaml']\"" in out
     assert "--source_checkpoint " + str(tmp_path / "runs" / "noadapt-paper-seed0" / "model.pt") in out
     assert "--pseudo_label_kind entropy --pseudo_label_kwargs \"{}\"" in out and "--contrast_mode both_separate" in out
-    assert out.count("# ") == len(benchmark.METHODS)
+    assert out.count("# ") == len(methods)
+    assert main(tmp_path, "--methods", "wda_source_free", "uda_source_free", "--dry_run") == 0
+    out = capsys.readouterr().out
+    assert out.count("configs/source_free.yaml") == 2 and out.count("--validation False") == 2
+    assert out.count("--target_points") == 1  # the UDA variant has no points
 
 
 def test_a_run_locked_by_a_live_process_is_skipped_and_a_dead_ones_lock_is_taken_over(tmp_path, fake, capsys) -> None:
