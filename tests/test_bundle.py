@@ -31,6 +31,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("mitoda: error: ")]
     assert len(lines) == 1, result.stderr[-3000:]
+    assert result.stderr.count(lines[0][len("mitoda: error: "):]) == 1, result.stderr[-3000:]  # said once only
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import numbers
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +20,9 @@ class CallEngine(Engine):
 
     def __init__(self, function: Callable[[], Any], handlers: Sequence[Any] = ()) -> None:
         super().__init__(self._call)
+        # ignite's own start/epoch/"terminating due to exception" lines say nothing for one call, and would repeat
+        # a bad-input error before the bundle's one-line `mitoda: error:` message
+        self.logger.setLevel(logging.CRITICAL)
         self.function = function
         self.result: Any = None
         for handler in handlers:

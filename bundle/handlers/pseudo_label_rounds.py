@@ -154,11 +154,12 @@ class PseudoLabelRounds:
         was_training = self.network.training
         self.network.eval()
         labels, masks, densities, counts = [], [], [], []
+        fixed = self.counts if self.fixed_count else None
         for z, item in enumerate(self.items):
             image = torch.as_tensor(item["image"], dtype=torch.float32, device=self.device)[None]
             probability, density = (t[0, 0].cpu().numpy() for t in tta_predict(self.network, image, self.inferer, self.tta_views))
-            counts.append(estimate_count(density) if self.counts is None else self.counts[z])
-            count = counts[-1] if self.fixed_count else None  # None: this round's estimate, as `counts[-1]`
+            count = estimate_count(density) if fixed is None else fixed[z]  # once per slice, for β and Ω
+            counts.append(count)
             known = np.concatenate([self.gt[z], self.pseudo[z]])
             if r < self.detection_rounds and self.beta > 0:
                 new = select_new_peaks(density, known, self.beta, exclude_radius=self.peaks["min_distance"], count=count, **self.peaks)
