@@ -1,10 +1,14 @@
 """Score every pseudo-label round of an adaptation run against the true labels of its target slices.
 
     python scripts/pseudo_label_quality.py runs/wda_15pct_split1 [--slices "0-119:3"] [--label ../shared/data/epfl_hippocampus/training_instances.tif]
+        [--snap --image ../shared/data/epfl_hippocampus/training.tif]
 
 Per round: foreground precision / recall of the pseudo-labels (recall over all true foreground pixels), the
 share of true foreground labelled background, background purity, ignored share, and how many pseudo-points
 fall on a true instance. Slices: the target slices of the run ("0-119:3" = every 3rd of 0-119, the CPU recipe).
+With --snap, also what `snap_to_membranes` would have made of each round's labels (a check of the rule on a run
+made without it): foreground precision / recall after it, the pixels it turns into background and the share of
+them that is truly background.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np  # noqa: E402
 from bundle.data.io import parse_slices, read_label_instances, read_volume  # noqa: E402
 from bundle.errors import InputError, install_excepthook  # noqa: E402
 from bundle.handlers.pseudo_label_rounds import read_pseudo_points  # noqa: E402
+from bundle.pseudo_labels import snap_to_membranes  # noqa: E402
 
 
 def round_quality(labels: np.ndarray, truth: np.ndarray, points: np.ndarray) -> dict[str, float]:
@@ -37,23 +42,41 @@ def round_quality(labels: np.ndarray, truth: np.ndarray, points: np.ndarray) -> 
     }
 
 
+def snap_quality(labels: np.ndarray, image: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Quality of `snap_to_membranes` applied to each slice of (Z, Y, X) `labels` with its `image` slice."""
+    snapped = np.stack([snap_to_membranes(label, slice_) for label, slice_ in zip(labels, image)])
+    foreground, true_fg, cut = snapped == 1, truth > 0, (labels == 1) & (snapped == 0)
+    return {
+        "snapped_fg_precision": float((foreground & true_fg).sum() / max(foreground.sum(), 1)),
+        "snapped_fg_recall": float((foreground & true_fg).sum() / max(true_fg.sum(), 1)),
+        "cut_to_bg_kpx": float(cut.sum() / 1e3),
+        "cut_truly_bg": float((cut & ~true_fg).sum() / max(cut.sum(), 1)),
+    }
+
+
 def main() -> None:
     """Print one line of quality figures per round of the run's pseudo_labels folder."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--label", default="../shared/data/epfl_hippocampus/training_instances.tif")
     parser.add_argument("--slices", default="0-119:3", help="target slices of the run; 'A-B:S' = every S-th of A-B")
+    parser.add_argument("--snap", action="store_true", help="also score snap_to_membranes on each round's labels")
+    parser.add_argument("--image", default="../shared/data/epfl_hippocampus/training.tif", help="EM volume (--snap)")
     args = parser.parse_args()
     rounds = sorted((args.run_dir / "pseudo_labels").glob("round_*"), key=lambda p: int(p.name.split("_")[1]))
     if not rounds:
         raise InputError(f"{args.run_dir / 'pseudo_labels'}: no round_N folders; pass the output_dir of an adaptation run")
     truth = read_label_instances(args.label)
-    truth = truth[parse_slices(args.slices, len(truth), path=args.label)]
+    selected = parse_slices(args.slices, len(truth), path=args.label)
+    truth = truth[selected]
+    image = read_volume(args.image)[selected].astype(np.float32) if args.snap else None
     for path in rounds:
         labels = read_volume(path / "labels.tif")
         if labels.shape != truth.shape:
             raise InputError(f"{path / 'labels.tif'}: shape {labels.shape} differs from the selected labels {truth.shape}; pass the run's --slices")
         figures = round_quality(labels, truth, read_pseudo_points(path / "pseudo_points.csv"))
+        if image is not None:
+            figures.update(snap_quality(labels, image, truth))
         print(path.name, " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()))
 
 

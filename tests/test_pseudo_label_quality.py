@@ -1,0 +1,30 @@
+"""scripts/pseudo_label_quality.py: the --snap figures on a hand-made slice."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+
+from tests.helpers import REPO
+
+spec = importlib.util.spec_from_file_location("pseudo_label_quality", REPO / "scripts" / "pseudo_label_quality.py")
+quality = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(quality)
+
+
+def test_snap_quality_counts_the_cut_ring() -> None:
+    yy, xx = np.mgrid[:64, :64]
+    radius = np.hypot(yy - 32, xx - 32)
+    image = np.where(radius <= 10, 0.5, 1.0)
+    image[(radius > 8.5) & (radius <= 10)] = 0.0  # a dark membrane
+    labels = np.where(radius <= 12.5, 1, 255).astype(np.uint8)  # 2-3 px too wide
+    truth = (radius <= 10).astype(np.int32)
+    figures = quality.snap_quality(labels[None], image[None], truth[None])
+    snapped = quality.snap_to_membranes(labels, image)
+    cut = (labels == 1) & (snapped == 0)
+    assert figures["cut_to_bg_kpx"] == cut.sum() / 1e3 and cut[(radius > 10.5) & (radius <= 12.5)].all()
+    assert figures["cut_truly_bg"] == (cut & (truth == 0)).sum() / cut.sum() > 0.85  # the ring outside the truth
+    kept = snapped == 1
+    assert figures["snapped_fg_precision"] == (kept & (truth > 0)).sum() / kept.sum() == 1.0
+    assert figures["snapped_fg_recall"] == (kept & (truth > 0)).sum() / (truth > 0).sum()
