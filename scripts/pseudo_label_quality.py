@@ -70,6 +70,7 @@ def main() -> None:
     selected = parse_slices(args.slices, len(truth), path=args.label)
     truth = truth[selected]
     image = read_volume(args.image)[selected].astype(np.float32) if args.snap else None
+    print(f"true instances: {sum(len(np.unique(s[s > 0])) for s in truth)} on {len(truth)} slices (2D, per slice)")
     for path in rounds:
         labels = read_volume(path / "labels.tif")
         if labels.shape != truth.shape:
