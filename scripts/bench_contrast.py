@@ -1,10 +1,12 @@
 """Time one adaptation iteration (forward + backward + Adam step) with and without the contrastive loss.
 
-    python scripts/bench_contrast.py [--iterations 30] [--warmup 5] [--width 16] [--size 256] [--device cpu]
+    python scripts/bench_contrast.py [--source_free] [--iterations 30] [--warmup 5] [--width 16] [--size 256]
 
-Batch: 2 source (VNC III) + 2 target (EPFL) crops, target pseudo-labels from the NoAdapt model (p >= 0.7 -> 1,
-p <= 0.3 -> 0, else ignored), point_mask = foreground. The two variants alternate in blocks so that load from other
-processes hits both alike; prints the median ms/iteration of each, the overhead, and one k-means refresh.
+Batch: 2 source (VNC III) + 2 target (EPFL) crops (configs/adapt_wda.yaml), or with --source_free the 2 target crops
+alone and the source model's fixed prototypes (configs/source_free.yaml, the shipped recipe); target pseudo-labels
+from the model itself (p >= 0.7 -> 1, p <= 0.3 -> 0, else ignored), point_mask = foreground. The two variants
+alternate in blocks so that load from other processes hits both alike; prints the median ms/iteration of each,
+the overhead, and the time of one k-means refresh.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ def zscore(image: np.ndarray) -> torch.Tensor:
     return torch.as_tensor((image - image.mean()) / max(float(image.std()), 1e-6))[None]
 
 
-def make_batch(data: Path, size: int, network: torch.nn.Module, device: torch.device) -> tuple[torch.Tensor, dict]:
-    """(images (4, 1, S, S), targets) of 2 source + 2 target crops as prepare_paired_batch gives them."""
+def make_batch(
+    data: Path, size: int, network: torch.nn.Module, device: torch.device, source_free: bool
+) -> tuple[torch.Tensor, dict]:
+    """(images, targets) of 2 source + 2 target crops, or the target crops alone, as prepare_paired_batch gives."""
     crop = (slice(0, size), slice(0, size))
     crop2 = (slice(size, 2 * size), slice(size, 2 * size))
     raw, masks = read_volume(data / "vnc3/stack1/raw")[:2], read_volume(data / "vnc3/stack1/mitochondria")[:2]
@@ -49,14 +53,16 @@ def make_batch(data: Path, size: int, network: torch.nn.Module, device: torch.de
         p = torch.softmax(network(torch.stack(target_images).to(device))[:, :2], 1)[:, 1:].cpu()
     target_labels = torch.full_like(p, 255.0)
     target_labels[p <= 0.3], target_labels[p >= 0.7] = 0.0, 1.0
+    if source_free:
+        source_images, source_labels = [], []
     images = torch.stack(source_images + target_images).to(device)
-    label = torch.cat([torch.stack(source_labels), target_labels]).to(device)
+    label = torch.cat([*(s[None] for s in source_labels), target_labels]).to(device)
     targets = {
         "label": label,
         "density": torch.zeros_like(label),
         "density_mask": torch.ones_like(label),
         "point_mask": (label == 1).float(),
-        "num_source": torch.tensor(2),
+        "num_source": torch.tensor(len(source_images)),
     }
     return images, targets
 
@@ -86,6 +92,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--checkpoint", type=Path, default=REPO / "models" / "model.pt")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--source_free", action="store_true", help="target crops only, fixed source prototypes")
+    parser.add_argument("--source_prototypes", type=Path, default=REPO / "models" / "source_prototypes.pt")
     args = parser.parse_args()
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -94,9 +102,9 @@ def main() -> None:
         load_checkpoint(network, args.checkpoint)
     network = network.to(device).train()
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-6)  # tiny steps: the pseudo-labels stay meaningful
-    images, targets = make_batch(args.data, args.size, network, device)
+    images, targets = make_batch(args.data, args.size, network, device, args.source_free)
     base = AdaptationLoss(MultiTaskLoss())
-    bank = PrototypeBank()
+    bank = PrototypeBank(fixed_source_prototypes=args.source_prototypes if args.source_free else None)
     contrast = ClassFocusedContrastLoss(bank)
     variants = {
         "without": (lambda x, net: net(x), base),
@@ -113,8 +121,9 @@ def main() -> None:
     bank.refresh(1000)
     refresh_ms = (time.perf_counter() - start) * 1e3
     without, with_ = (statistics.median(times[n][: args.iterations]) * 1e3 for n in ("without", "with"))
-    queries = {c: int(((targets["label"][2:] == c)).sum()) for c in (0, 1)}
-    print(f"device {device}, threads {torch.get_num_threads()}, batch 2+2 of {args.size}^2, width {args.width}, "
+    num_source = int(targets["num_source"])
+    queries = {c: int(((targets["label"][num_source:] == c)).sum()) for c in (0, 1)}
+    print(f"device {device}, threads {torch.get_num_threads()}, batch {num_source}+2 of {args.size}^2, width {args.width}, "
           f"{args.iterations} iterations after {args.warmup} warm-up; target pixels per class {queries}")  # fmt: skip
     print(f"without contrast: {without:8.1f} ms/iteration (median)")
     print(f"with contrast:    {with_:8.1f} ms/iteration (median)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -235,3 +236,13 @@ def test_contrast_config_short_run(crops: dict[str, Path], tmp_path: Path) -> No
     assert bank["clusters"]["target_bg_kmeans"].shape == (2, 16)  # untrained model: no confident source_fg
     assert torch.isfinite(bank["prototypes"]["target_pl_bg"]).all()
     assert (run_dir / "pseudo_labels" / "round_1" / "point_mask.tif").is_file()
+
+
+@pytest.mark.parametrize("source_free", [False, True])
+def test_bench_contrast_runs_on_real_crops(source_free: bool) -> None:
+    """scripts/bench_contrast.py, both batch layouts, one tiny iteration each (a smoke test, nothing timed)."""
+    command = [sys.executable, "scripts/bench_contrast.py", "--iterations", "1", "--warmup", "0", "--block", "1", "--size", "64"]
+    result = subprocess.run(command + ["--source_free"] * source_free, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"batch {0 if source_free else 2}+2 of 64^2" in result.stdout
+    assert "overhead:" in result.stdout and "k-means refresh" in result.stdout

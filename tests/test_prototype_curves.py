@@ -1,0 +1,45 @@
+"""scripts/prototype_curves.py: the prototype similarities a run logged, read back from its TensorBoard files."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+from tests.helpers import REPO
+
+spec = importlib.util.spec_from_file_location("prototype_curves", REPO / "scripts" / "prototype_curves.py")
+curves = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(curves)
+
+
+def _run(tmp_path: Path, name: str, values: dict[int, float]) -> Path:
+    """A run folder whose events hold prototypes/cos_fg_vs_bg at the given steps, and an unrelated scalar."""
+    run = tmp_path / name
+    writer = SummaryWriter(log_dir=str(run))
+    for step, value in values.items():
+        writer.add_scalar("prototypes/cos_fg_vs_bg", value, step)
+        writer.add_scalar("train_loss", 9.0, step)
+    writer.close()
+    return run
+
+
+def test_prints_the_logged_values_at_the_nearest_steps(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = _run(tmp_path, "contrast", {50: 0.25, 100: -0.5, 400: 0.125})
+    assert curves.read_scalars(run) == {"prototypes/cos_fg_vs_bg": [(50, 0.25), (100, -0.5), (400, 0.125)]}
+    assert curves.main([str(run), "--at", "40", "120", "1000"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "cos_fg_vs_bg" in line)
+    assert row.split()[1:] == ["0.250", "-0.500", "0.125"]
+
+
+def test_a_run_without_contrast_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "plain"
+    writer = SummaryWriter(log_dir=str(run))
+    writer.add_scalar("train_loss", 1.0, 1)
+    writer.close()
+    assert curves.main([str(run)]) == 0
+    assert "no prototypes/* scalars" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        curves.main([str(tmp_path / "missing")])
