@@ -42,21 +42,20 @@ def make_batch(
     data: Path, size: int, network: torch.nn.Module, device: torch.device, source_free: bool
 ) -> tuple[torch.Tensor, dict]:
     """(images, targets) of 2 source + 2 target crops, or the target crops alone, as prepare_paired_batch gives."""
-    crop = (slice(0, size), slice(0, size))
-    crop2 = (slice(size, 2 * size), slice(size, 2 * size))
-    raw, masks = read_volume(data / "vnc3/stack1/raw")[:2], read_volume(data / "vnc3/stack1/mitochondria")[:2]
+    crops = [(slice(0, size), slice(0, size)), (slice(size, 2 * size), slice(size, 2 * size))]
     target = tifffile.imread(data / "epfl_hippocampus/training.tif", key=[0, 30])
-    source_images = [zscore(raw[0][crop]), zscore(raw[1][crop2])]
-    source_labels = [torch.as_tensor((masks[0][crop] > 127).astype(np.float32))[None], torch.as_tensor((masks[1][crop2] > 127).astype(np.float32))[None]]
-    target_images = [zscore(target[0][crop]), zscore(target[1][crop2])]
+    target_images = [zscore(slice_[crop]) for slice_, crop in zip(target, crops)]
     with torch.no_grad():
         p = torch.softmax(network(torch.stack(target_images).to(device))[:, :2], 1)[:, 1:].cpu()
     target_labels = torch.full_like(p, 255.0)
     target_labels[p <= 0.3], target_labels[p >= 0.7] = 0.0, 1.0
-    if source_free:
-        source_images, source_labels = [], []
+    source_images, source_labels = [], []
+    if not source_free:  # the VNC III volumes are read only when the batch has source crops
+        raw, masks = read_volume(data / "vnc3/stack1/raw")[:2], read_volume(data / "vnc3/stack1/mitochondria")[:2]
+        source_images = [zscore(slice_[crop]) for slice_, crop in zip(raw, crops)]
+        source_labels = [torch.as_tensor(m[crop] > 127, dtype=torch.float32)[None] for m, crop in zip(masks, crops)]
     images = torch.stack(source_images + target_images).to(device)
-    label = torch.cat([*(s[None] for s in source_labels), target_labels]).to(device)
+    label = torch.stack(source_labels + list(target_labels)).to(device)
     targets = {
         "label": label,
         "density": torch.zeros_like(label),

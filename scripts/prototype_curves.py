@@ -10,9 +10,12 @@ skipped silently.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bundle.errors import OneLineParser, fail  # noqa: E402
 
 PREFIX = "prototypes/"
 
@@ -37,14 +40,14 @@ def value_near(points: list[tuple[int, float]], step: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the table (and draw the PNG) for the given runs."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Print the table for the given runs."""
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--at", nargs="+", type=int, default=[50, 400, 800, 1200, 1600], help="iterations to print")
     args = parser.parse_args(argv)
     for run in args.runs:
         if not run.is_dir():
-            sys.exit(f"prototype_curves: error: {run}: not a folder; pass an adaptation run's --output_dir")
+            fail(f"{run}: not a folder; pass an adaptation run's --output_dir")
     curves = {run: read_scalars(run) for run in args.runs}
     for run, tags in curves.items():
         print(f"{run}")

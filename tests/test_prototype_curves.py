@@ -43,3 +43,5 @@ def test_a_run_without_contrast_is_reported(tmp_path: Path, capsys: pytest.Captu
     assert "no prototypes/* scalars" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         curves.main([str(tmp_path / "missing")])
+    message = f"mitoda: error: {tmp_path / 'missing'}: not a folder; pass an adaptation run's --output_dir\n"
+    assert capsys.readouterr().err == message
