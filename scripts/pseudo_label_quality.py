@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from bundle.data.io import parse_slices, read_label_instances, read_volume  # noqa: E402
+from bundle.data.io import check_same_shape, parse_slices, read_label_instances, read_volume  # noqa: E402
 from bundle.errors import InputError, install_excepthook  # noqa: E402
 from bundle.handlers.pseudo_label_rounds import read_pseudo_points  # noqa: E402
 from bundle.pseudo_labels import snap_to_membranes  # noqa: E402
@@ -67,9 +67,12 @@ def main() -> None:
     if not rounds:
         raise InputError(f"{args.run_dir / 'pseudo_labels'}: no round_N folders; pass the output_dir of an adaptation run")
     truth = read_label_instances(args.label)
+    image = read_volume(args.image) if args.snap else None
+    if image is not None:
+        check_same_shape(image, truth, args.image, args.label)
     selected = parse_slices(args.slices, len(truth), path=args.label)
     truth = truth[selected]
-    image = read_volume(args.image)[selected].astype(np.float32) if args.snap else None
+    image = image[selected].astype(np.float32) if image is not None else None
     print(f"true instances: {sum(len(np.unique(s[s > 0])) for s in truth)} on {len(truth)} slices (2D, per slice)")
     for path in rounds:
         labels = read_volume(path / "labels.tif")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 
 import numpy as np
 
-from tests.helpers import REPO
+from tests.helpers import EPFL, REPO, VNC, need
 
 spec = importlib.util.spec_from_file_location("pseudo_label_quality", REPO / "scripts" / "pseudo_label_quality.py")
 quality = importlib.util.module_from_spec(spec)
@@ -28,3 +30,16 @@ def test_snap_quality_counts_the_cut_ring() -> None:
     kept = snapped == 1
     assert figures["snapped_fg_precision"] == (kept & (truth > 0)).sum() / kept.sum() == 1.0
     assert figures["snapped_fg_recall"] == (kept & (truth > 0)).sum() / (truth > 0).sum()
+
+
+def test_snap_with_an_image_of_another_volume_is_one_line(tmp_path) -> None:
+    (tmp_path / "pseudo_labels" / "round_1").mkdir(parents=True)
+    image, label = str(need(VNC / "raw")), str(need(EPFL / "training_instances.tif"))
+    script = "scripts/pseudo_label_quality.py"
+    command = [sys.executable, script, str(tmp_path), "--snap", "--image", image, "--label", label]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mitoda: error: "), result.stderr
+    assert "has shape (20, 1024, 1024)" in lines[0] and "pass the label volume that belongs to this image" in lines[0]
+    assert result.stdout == ""  # nothing printed before the check
