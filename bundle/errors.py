@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import sys
@@ -20,12 +21,35 @@ def input_error(path: str | os.PathLike, problem: str, fix: str) -> InputError:
     return InputError(re.sub(r"\s*[\r\n]+\s*", " ", f"{prefix}{problem}; {fix}"))
 
 
+# file-system failures a user can fix (a full disk, a read-only or foreign folder): reported as one line too
+_FIXABLE_OS_ERRORS = {
+    errno.ENOSPC: ("no space left on the device", "free some space or pass another --output_dir"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space or pass another --output_dir"),
+    errno.EROFS: ("read-only file system", "pass an --output_dir on a writable disk"),
+    errno.EACCES: ("permission denied", "pass a path you can read and write"),
+    errno.EPERM: ("operation not permitted", "pass a path you can read and write"),
+}
+
+
+# optional packages (requirements/<group>.in) a run may ask for: a missing one is a one-line error naming its group
+OPTIONAL_PACKAGES = {"mlflow": "tracking"}
+
+
 def find_input_error(exc: BaseException | None) -> InputError | None:
-    """Return the InputError in `exc`'s cause/context chain (MONAI wraps errors in RuntimeError)."""
+    """Return the InputError in `exc`'s cause/context chain (MONAI wraps errors in RuntimeError); a missing optional
+    package, a full disk, a read-only or unwritable path in the chain becomes one too."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, InputError):
             return exc
+        missing = next((name for name in OPTIONAL_PACKAGES if isinstance(exc, ImportError) and name in str(exc)), None)
+        if missing is not None:
+            group = OPTIONAL_PACKAGES[missing]
+            return input_error(missing, f"not installed (an optional package of the '{group}' group)",
+                               f"run: bash scripts/setup.sh {group}")  # fmt: skip
+        if isinstance(exc, OSError) and exc.errno in _FIXABLE_OS_ERRORS:
+            problem, fix = _FIXABLE_OS_ERRORS[exc.errno]
+            return input_error(exc.filename or "", problem, fix)
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None

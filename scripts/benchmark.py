@@ -199,7 +199,8 @@ def run_steps(run: Run, args: argparse.Namespace) -> dict[str, list[str]]:
             train["source_checkpoint"] = args.runs_dir / Run("noadapt", "paper", run.seed).name / "model.pt"
         steps["train"] = bundle_command(python, [*configs, *paper], **train, **extra)
     predict, score = {"checkpoint": checkpoint}, {"slices": SLICES, "dataset_dir": data}
-    steps["inference"] = bundle_command(python, [INFERENCE, *paper], **predict, **score, output_dir=out / "predictions")
+    steps["inference"] = bundle_command(python, [INFERENCE, *paper], **predict, slices=SLICES, output_dir=out / "predictions",
+                                        input_image=Path(data) / "epfl_hippocampus" / "training.tif")  # fmt: skip
     steps["evaluate"] = bundle_command(python, [EVALUATE], prediction_dir=out / "predictions", **score,
                                        output_dir=out / "scores")  # fmt: skip
     if args.test_image:

@@ -13,7 +13,6 @@ density mass of look-alikes vs true ones (what `unsupported_background_mass` cou
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 

@@ -71,7 +71,7 @@ def _overrides(extra: list[str]) -> dict[str, Any]:
 
 def _absolute(path: str | None) -> str | None:
     """A user path made absolute (the runs start from the repository root)."""
-    return None if path is None else os.path.abspath(os.path.expanduser(path))
+    return path if not path or not path.strip() else os.path.abspath(os.path.expanduser(path))
 
 
 def check_inputs(args: argparse.Namespace, extra: dict[str, Any]) -> dict[str, Any]:
@@ -84,13 +84,11 @@ def check_inputs(args: argparse.Namespace, extra: dict[str, Any]) -> dict[str, A
     from bundle.data.points import points_in_slices, read_points, validate_points
     from bundle.errors import input_error
     from bundle.handlers.prototype_bank import load_source_prototypes
-    from bundle.inference.predict import check_output_dir
+    from bundle.handlers.resume import latest_checkpoint
     from bundle.networks import MultiTaskUNet, checkpoint_sha256, load_checkpoint
+    from bundle.outputs import check_output_dir
 
-    output = check_output_dir(args.output_dir)
-    ancestor = next(p for p in (output, *output.parents) if p.exists())
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
-        raise input_error(ancestor, "is a file or not writable", "pass another --output_dir")
+    latest_checkpoint(check_output_dir(args.output_dir, [SETTINGS_FILE, "model.pt"]) / "checkpoints")  # weights-only
     volume = read_volume(args.target_image)
     crop = int(np.max(extra.get("crop_size", 256)))
     if min(volume.shape[1:]) < crop:
@@ -150,7 +148,7 @@ def _configs(source_free: bool) -> list[str]:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Write `data` as JSON atomically (a kill never leaves half a file)."""
-    from bundle.data.io import atomic_output
+    from bundle.outputs import atomic_output
 
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -174,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the tool; return the exit code."""
     args, extra = _parser().parse_known_args(argv)
     overrides = _overrides(extra)
+    from bundle.overrides import unknown_override
+
+    source_free = args.source_image is None and not args.with_source
+    if (error := unknown_override(overrides, _configs(source_free))) is not None:
+        _fail(str(error))
     if (args.source_image is None) != (args.source_label is None):
         _fail("pass --source_image and --source_label together (or --with_source for VNC III, or neither: source-free)")
     if args.with_source and args.source_image is not None:
@@ -185,15 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("target_image", "points", "output_dir", "source_image", "source_label", "dataset_dir",
                  "val_label", "checkpoint", "source_prototypes"):  # fmt: skip
         setattr(args, name, _absolute(getattr(args, name)))
-    source_free = args.source_image is None and not args.with_source
     overrides.setdefault("omega_fractions", [0.0, 0.5, 0.95, 0.95, *[0.95] * max(args.num_rounds - 4, 0)])
 
     from bundle.errors import InputError, find_input_error
+    from bundle.outputs import claim_output_dir
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
     try:
         settings = check_inputs(args, overrides)
+        claim_output_dir(args.output_dir)
         _record(Path(args.output_dir), {**settings, "configs": [Path(c).name for c in _configs(source_free)]})
     except InputError as exc:
         _fail(str(exc))
@@ -208,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         "adapt": lambda: monai.bundle.run(config_file=_configs(source_free), **settings),
         "predict": lambda: monai.bundle.run(
             config_file=str(CONFIGS / "inference.yaml"), input_image=args.target_image,
-            checkpoint=str(output / "model.pt"), output_dir=str(output / "predictions"), dataset_dir=args.dataset_dir,
+            checkpoint=str(output / "model.pt"), output_dir=str(output / "predictions"),
             width=settings.get("width", 16),
         ),
     }  # fmt: skip

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bundle.data.dataset import check_data_root, load_slices
-    from bundle.data.io import atomic_output
+    from bundle.outputs import atomic_output
     from bundle.errors import InputError
     from bundle.losses.prototypes import tile_prototypes
     from bundle.networks import MultiTaskUNet, checkpoint_sha256, load_checkpoint

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,41 +13,7 @@ import torch
 
 from bundle.data.io import read_volume
 from bundle.networks import MultiTaskUNet
-from tests.helpers import EPFL, REPO, VNC, need
-
-CROP = (slice(128, 384), slice(128, 384))  # a window with several mitochondria in EPFL 120-121
-
-
-def run_bundle(*args: str, command: str = "run") -> subprocess.CompletedProcess:
-    """Run `python -m monai.bundle COMMAND ARGS` from the repo root, as a user would."""
-    return subprocess.run([sys.executable, "-m", "monai.bundle", command, *args], cwd=REPO, capture_output=True, text=True)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    """The run failed with exactly one `mitoda: error:` line on stderr that names every fragment."""
-    assert result.returncode != 0, result.stdout[-2000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith("mitoda: error: ")]
-    assert len(lines) == 1, result.stderr[-3000:]
-    assert result.stderr.count(lines[0][len("mitoda: error: "):]) == 1, result.stderr[-3000:]  # said once only
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
-@pytest.fixture(scope="module")
-def real_crops(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """256x256 crops of two VNC III slices (source) and two EPFL slices 120-121 (validation), as TIFF volumes."""
-    root = tmp_path_factory.mktemp("data")
-    vnc_raw = read_volume(need(VNC / "raw"))[:2][(slice(None), *CROP)]
-    vnc_mask = read_volume(need(VNC / "mitochondria"))[:2][(slice(None), *CROP)]
-    epfl = tifffile.imread(need(EPFL / "training.tif"), key=[120, 121])[(slice(None), *CROP)]
-    epfl_ids = tifffile.imread(need(EPFL / "training_instances.tif"), key=[120, 121])[(slice(None), *CROP)]
-    paths = {name: root / f"{name}.tif" for name in ("src_image", "src_label", "val_image", "val_label")}
-    for name, array in zip(paths, (vnc_raw, vnc_mask, epfl, epfl_ids)):
-        tifffile.imwrite(paths[name], array, photometric="minisblack")
-    assert epfl_ids.max() > 0 and (vnc_mask > 127).any()
-    return {"root": root, **paths}
-
+from tests.helpers import assert_one_line_error, run_bundle
 
 def train_args(crops: dict[str, Path], output_dir: Path, iterations: int) -> list[str]:
     """A tiny CPU run of configs/train.yaml on the crops."""

@@ -10,7 +10,6 @@ import pytest
 import tifffile
 from monai.bundle import ConfigParser
 
-from bundle.data.density import density_map
 from bundle.data.io import read_volume
 from bundle.inference import instance_table, instances_3d, write_instance_table, write_instances_3d
 from bundle.metrics.instance_ap import ap_from_matches, gt_instances_3d, instance_ap

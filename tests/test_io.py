@@ -24,7 +24,6 @@ from bundle.data.io import (
     select_slices,
     write_tiff,
 )
-from bundle.errors import InputError
 from tests.helpers import EPFL, VNC
 from tests.helpers import need as _need
 from tests.helpers import raises_one_line as _raises_one_line

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +17,14 @@ from monai.data import load_net_with_metadata
 from bundle.data.dataset import normalize_slices
 from bundle.metrics.evaluate import METRIC_KEYS
 from bundle.networks import load_checkpoint
+from bundle.release import REQUIREMENTS, canonical, direct_requirements, locked_versions, metadata_versions
 from tests.helpers import EPFL, REPO, need
 
 META = REPO / "configs" / "metadata.json"
-# mandatory keys of the MONAI bundle spec (required_packages_version replaces optional_packages_version)
+# mandatory keys of the MONAI bundle spec (and its required/optional package versions, from the locks)
 SPEC_KEYS = (
     "version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
+    "optional_packages_version",
     "task", "description", "authors", "copyright", "network_data_format",
 )  # fmt: skip
 # optional in the spec, required for our Model Zoo release
@@ -52,11 +53,6 @@ def train_network() -> torch.nn.Module:
     return parser.get_parsed_content("network_def")
 
 
-def installed(package: str) -> str:
-    """Installed version of a distribution, without a local build tag (2.13.0+cpu -> 2.13.0)."""
-    return version(package).split("+")[0]
-
-
 def test_metadata_has_every_required_key(meta: dict) -> None:
     missing = [key for key in (*SPEC_KEYS, *RELEASE_KEYS) if key not in meta or meta[key] in ("", None, [], {})]
     assert not missing, missing
@@ -69,13 +65,38 @@ def test_metadata_has_every_required_key(meta: dict) -> None:
     assert set(meta["eval_metrics"]) <= set(METRIC_KEYS), meta["eval_metrics"]
 
 
-def test_metadata_versions_are_the_installed_ones(meta: dict) -> None:
-    assert meta["monai_version"] == installed("monai")
-    assert meta["pytorch_version"] == installed("torch")
-    assert meta["numpy_version"] == installed("numpy")
-    pinned = meta["required_packages_version"]
-    wrong = {name: (want, installed(name)) for name, want in pinned.items() if want != installed(name)}
-    assert not wrong, wrong
+def test_metadata_versions_are_the_locks(meta: dict) -> None:
+    """metadata.json's versions are what bundle.release derives from the committed locks (not what is installed)."""
+    versions = metadata_versions()
+    assert {key: meta.get(key) for key in versions} == versions, "run: bash scripts/lock.sh"
+    assert versions["monai_version"] == "1.6.1" and versions["pytorch_version"] == "2.13.0"
+    assert "mlflow" in versions["optional_packages_version"] and "pytest" not in str(versions)
+
+
+@pytest.mark.parametrize("group", ["runtime", "tracking", "dev"])
+def test_every_lock_pins_its_requirements_and_no_cuda_build(group: str) -> None:
+    """Each lock pins every direct requirement of its .in file to a version that satisfies it, and holds no CUDA
+    build (torch pinned to the release, no nvidia-* packages)."""
+    from packaging.requirements import Requirement
+
+    lock = REQUIREMENTS / f"{group}.txt"
+    pins = locked_versions(lock)
+    assert len(pins) >= 5, pins
+    wanted = [line.split("#")[0].strip() for line in (REQUIREMENTS / f"{group}.in").read_text().splitlines()]
+    for text in filter(None, (line for line in wanted if not line.startswith("-"))):
+        requirement = Requirement(text)
+        name = canonical(requirement.name)
+        assert name in pins, f"{lock} does not pin {name}: run bash scripts/lock.sh"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (name, pins[name])
+    assert not [name for name in pins if name.startswith("nvidia-")]
+    assert "+cpu" not in lock.read_text()
+
+
+def test_locked_versions_and_direct_requirements_parse_pip_compile_output(tmp_path: Path) -> None:
+    (tmp_path / "x.in").write_text("-c runtime.txt\nPyYAML>=6.0  # a comment\ntorch==2.13.0\n\n# only a comment\n")
+    (tmp_path / "x.txt").write_text("#\npyyaml==6.0.4\n    # via -r x.in\ntorch==2.13.0+cpu\n")
+    assert direct_requirements(tmp_path / "x.in") == ["pyyaml", "torch"]
+    assert locked_versions(tmp_path / "x.txt") == {"pyyaml": "6.0.4", "torch": "2.13.0"}
 
 
 def test_metadata_output_channels_match_the_network(meta: dict) -> None:

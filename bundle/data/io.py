@@ -9,9 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +19,11 @@ from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
 from bundle.errors import InputError
 from bundle.errors import input_error as _error
+from bundle.outputs import atomic_output
 
 __all__ = [
     "EMReader",
     "SliceVolume",
-    "atomic_output",
     "SLICE_SUFFIXES",
     "VOLUME_SUFFIXES",
     "check_same_shape",
@@ -268,6 +266,11 @@ def _check_layout(shape: tuple[int, ...], dtype: np.dtype, path: PathLike) -> tu
         raise _error(path, f"array has {len(shape)} dimensions (shape {shape})", "pass one 3D (Z, Y, X) greyscale volume")
     if 0 in shape:
         raise _error(path, f"volume is empty (shape {shape})", "pass a volume with at least one voxel")
+    depth, short, long = shape[0], min(shape[1:]), max(shape[1:])
+    if short * 8 < long and short < depth:  # e.g. a (Y, X, Z) stack read as Y slices of X x Z
+        raise _error(path, f"slices of {shape[1]} x {shape[2]} pixels in {depth} slices: one axis is far shorter "
+                     "than the others, as when a (Y, X, Z) stack is read as (Z, Y, X)",
+                     "store the volume with its slices on the first axis, (Z, Y, X)")  # fmt: skip
     return shape  # type: ignore[return-value]
 
 
@@ -464,10 +467,20 @@ def read_instances(path: PathLike, key: str | None = None) -> np.ndarray:
 
 
 def read_label_instances(path: PathLike, key: str | None = None, threshold: int = 127) -> np.ndarray:
-    """Instance ids (Z, Y, X) of a label file: 8-bit or 0/1 volumes are masks split into 2D components, others ids."""
+    """Instance ids (Z, Y, X) of a label file: 8-bit volumes and two-valued ones (0/1, 0/255 of any integer type)
+    are masks split into 2D components, others ids. An 8-bit file that is mostly grey values (an EM image passed
+    as labels) is refused."""
     data = read_volume(path, key)
-    binary = data.dtype.kind in "iu" and data.size and data.max() <= 1
-    if data.dtype in (np.uint8, np.bool_) or binary:  # 0/1, 0/255 and anti-aliased masks (VNC: > 127) alike
+    if data.dtype == np.uint8 and data.size:
+        grey = np.count_nonzero((data > 0) & (data < 255)) / data.size
+        # anti-aliased masks have a few % of edge values (VNC III: up to 7 %); EM images ~100 %, of many levels
+        if grey > 0.5 and np.unique(data[:: max(1, len(data) // 8)]).size > 16:
+            raise _error(path, f"{grey:.0%} of its pixels are grey values: an image, not labels",
+                         "pass the instance labels or a 0/255 mask of this volume")  # fmt: skip
+    if data.dtype.kind in "iu" and data.dtype != np.uint8 and data.size and data.min() == 0:
+        if np.count_nonzero(data) == np.count_nonzero(data == data.max()):  # two values: 0/1 or 0/255 in 16/32 bits
+            return instances_from_mask(data > 0)  # one id per component, not one per slice
+    if data.dtype in (np.uint8, np.bool_):  # 0/1, 0/255 and anti-aliased masks (VNC: > 127) alike
         return instances_from_mask(_binarise(data, threshold, path))
     return _as_instances(data, path)
 
@@ -517,8 +530,13 @@ def _parse_slice_string(spec: str, where: str) -> list[int]:
 
 
 def parse_slices(spec: str | Sequence[int] | None, depth: int, path: str = "") -> list[int]:
-    """Turn a slice spec (None or 'all' = all, '0-119', '0-119:3', '0,5,7-9' or a list of ints) into indices checked against `depth`."""
+    """Turn a slice spec (None or 'all' = all, one index, '0-119', '0-119:3', '0,5,7-9' or a list of ints) into
+    indices checked against `depth` (`monai.bundle run --slices 2` passes an int)."""
     where = path or "slices"
+    if isinstance(spec, (int, np.integer)) and not isinstance(spec, (bool, np.bool_)):
+        spec = [int(spec)]
+    elif not isinstance(spec, (str, Sequence, np.ndarray, type(None))):
+        raise _error(where, f"slice spec {spec!r} is not a slice selection", "pass e.g. 'all', '7', '0-119' or '0-119:3'")
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
         return list(range(depth))
     if isinstance(spec, str):
@@ -571,20 +589,6 @@ def check_same_shape(a: np.ndarray, b: np.ndarray, path_a: str, path_b: str) -> 
 
 
 # ----------------------------------------------------------------------------------------------------------- writing
-@contextmanager
-def atomic_output(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block completes, else it is removed."""
-    path = Path(os.fspath(path)).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_tiff(path: PathLike, volume: np.ndarray) -> None:
     """Write a (Z, Y, X) (or 2D) array as a zlib-compressed multi-page TIFF, atomically (temp file + os.replace)."""
     import tifffile

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from bundle.data.density import density_map, instance_centres
-from bundle.data.io import atomic_output, parse_slices, read_volume
-from bundle.errors import InputError
+from bundle.data.io import parse_slices, read_volume
 from bundle.errors import input_error as _error
+from bundle.outputs import atomic_output
 
 __all__ = [
     "density_from_points",

@@ -12,6 +12,8 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 
+from bundle.errors import input_error
+
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_(?:epoch|iteration)=(\d+)\.pt$")
 
 
@@ -22,10 +24,18 @@ def checkpoints_newest_first(save_dir: str | Path) -> list[Path]:
 
 
 def readable(path: Path) -> bool:
-    """Whether torch can load `path` (MONAI's CheckpointSaver writes in place, so a kill while saving truncates it)."""
+    """Whether torch can load `path` weights-only (MONAI's CheckpointSaver writes in place: a kill while saving
+    truncates it, and such a file is skipped). A file that holds other Python objects than tensors and plain
+    containers is never unpickled: it could run code (someone else's run folder), so it stops the run (InputError)."""
     try:
-        torch.load(path, map_location="cpu", weights_only=False)
-    except (EOFError, RuntimeError, pickle.UnpicklingError, OSError):
+        torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower():
+            raise input_error(path, "is not a weights-only checkpoint (it holds Python objects, which could run code "
+                              "when loaded; this project never writes such files)",
+                              "delete it, or pass another --output_dir") from None  # fmt: skip
+        return False
+    except (EOFError, RuntimeError, OSError):
         return False
     return True
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 from skimage.measure import regionprops_table
 
-from bundle.data.io import atomic_output, read_volume, write_tiff
+from bundle.data.io import read_volume, write_tiff
 from bundle.errors import InputError
 from bundle.inference.postprocess import label_instances
+from bundle.outputs import atomic_output
 
 TABLE_COLUMNS = ("id", "volume", "z0", "y0", "x0", "z1", "y1", "x1", "centroid_z", "centroid_y", "centroid_x")
 OUTPUT_FILES = ("instances_3d.tif", "instances_3d.csv")

@@ -13,35 +13,32 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from monai.inferers import Inferer
+from monai.inferers import Inferer, SlidingWindowInferer
 from tqdm import tqdm
 
 from bundle.data.dataset import normalize_slice
 from bundle.data.io import SliceVolume, parse_slices
 from bundle.errors import InputError
 from bundle.inference.postprocess import instances_from_prediction, split_output
+from bundle.outputs import atomic_outputs, check_output_dir, claim_output_dir
 
 OUTPUT_FILES = ("probability.tif", "density.tif", "instances.tif")
-
-
-def check_output_dir(output_dir: str | os.PathLike) -> Path:
-    """Return `output_dir` as a Path; a file in its place is an InputError (nothing is created)."""
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise InputError(f"{output_dir}: output_dir is a file; pass a folder path for the predictions")
-    return output_dir
-
-
-def prepare_output_dir(output_dir: str | os.PathLike) -> Path:
-    """Create `output_dir` (or accept an existing folder); a file in its place is an InputError."""
-    output_dir = check_output_dir(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return output_dir
+# derived from an earlier instances.tif (configs/inference.yaml --instances_3d True writes them again after this run)
+DERIVED_FILES = ("instances_3d.tif", "instances_3d.csv")
 
 
 @torch.no_grad()
 def predict_slice(network: torch.nn.Module, inferer: Inferer, image: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """(foreground probability, density) of one normalised 2D slice, each (Y, X) float32."""
+    """(foreground probability, density) of one normalised 2D slice, each (Y, X) float32.
+
+    On a slice smaller than a sliding-window inferer's window, the window shrinks to the slice: MONAI would pad the
+    slice with zeros, which then enter the network's instance normalisation (scripts/small_slices.py, 256² EPFL
+    crops: Dice 0.939 with the window shrunk, 0.844 zero-padded, 0.945 cut from the whole slice).
+    """
+    window = getattr(inferer, "roi_size", None)
+    if isinstance(inferer, SlidingWindowInferer) and any(w > n for w, n in zip(window, image.shape)):
+        inferer = SlidingWindowInferer([min(w, n) for w, n in zip(window, image.shape)], inferer.sw_batch_size,
+                                       inferer.overlap, mode=inferer.mode)  # fmt: skip
     batch = torch.as_tensor(image, dtype=torch.float32, device=device)[None, None]
     probability, density = split_output(inferer(batch, network))
     return probability[0, 0].cpu().numpy(), density[0, 0].cpu().numpy()
@@ -71,42 +68,39 @@ class VolumePredictor:
 
     def __call__(self, input_image: str | os.PathLike, output_dir: str | os.PathLike, slices: str | Sequence[int] | None = None) -> dict[str, Path]:
         """Predict `input_image` (optionally only `slices`) into `output_dir`; files appear only when complete."""
+        if input_image is None or not os.fspath(input_image).strip():
+            raise InputError("input_image: no volume given; pass --input_image VOL (the EM volume to predict)")
         with SliceVolume(input_image) as volume:
             indices = parse_slices(slices, len(volume), path=str(input_image))
-            output_dir = check_output_dir(output_dir)
+            check_output_dir(output_dir, OUTPUT_FILES)
             # The first slice is checked before anything is created, so a blank or NaN image writes nothing.
             first = normalize_slice(volume[indices[0]], input_image, indices[0])
+            output_dir = claim_output_dir(output_dir, OUTPUT_FILES, stale=DERIVED_FILES)
             return self._write(volume, indices, first, output_dir)
 
     def _write(self, volume: SliceVolume, indices: list[int], first: np.ndarray | None, output_dir: Path) -> dict[str, Path]:
-        """Predict the slices `indices` of `volume` page by page into `*.partial` files, renamed when all are done."""
-        output_dir.mkdir(parents=True, exist_ok=True)
-        finals = {name: output_dir / name for name in OUTPUT_FILES}
-        partials = {name: path.with_name(path.name + ".partial") for name, path in finals.items()}
-        writers = {name: tifffile.TiffWriter(path, bigtiff=self._bigtiff(volume, indices)) for name, path in partials.items()}
-        offset = 0
-        try:
-            for z in tqdm(indices, desc=f"predict {volume.path.name}", unit="slice", disable=not self.progress):
-                image = normalize_slice(volume[z], volume.path, z) if first is None else first
-                first = None  # not kept alive for the whole volume
-                probability, density, instances = self.predict_image(image)
-                instances = instances.astype(np.uint32, copy=False)
-                instances[instances > 0] += offset  # ids unique across the volume
-                offset = max(offset, int(instances.max()))
-                for name, page in zip(OUTPUT_FILES, (probability, density, instances)):
-                    # metadata=None: plain pages of one shape, which TIFF readers stack into one (Z, Y, X) series.
-                    # Float maps stay uncompressed: zlib saves ~10 % on them for ~2 s CPU per 4096² page.
-                    compression = None if page.dtype.kind == "f" else "zlib"
-                    writers[name].write(page, compression=compression, metadata=None, photometric="minisblack")
-        except BaseException:
-            for name, writer in writers.items():
-                writer.close()
-                partials[name].unlink(missing_ok=True)
-            raise
-        for name, writer in writers.items():
-            writer.close()
-            os.replace(partials[name], finals[name])
-        return finals
+        """Predict the slices `indices` of `volume` page by page into temporary files, renamed when all are done."""
+        finals = [output_dir / name for name in OUTPUT_FILES]
+        with atomic_outputs(finals) as partials:
+            writers = [tifffile.TiffWriter(path, bigtiff=self._bigtiff(volume, indices)) for path in partials]
+            offset = 0
+            try:
+                for z in tqdm(indices, desc=f"predict {volume.path.name}", unit="slice", disable=not self.progress):
+                    image = normalize_slice(volume[z], volume.path, z) if first is None else first
+                    first = None  # not kept alive for the whole volume
+                    probability, density, instances = self.predict_image(image)
+                    instances = instances.astype(np.uint32, copy=False)
+                    instances[instances > 0] += offset  # ids unique across the volume
+                    offset = max(offset, int(instances.max()))
+                    for writer, page in zip(writers, (probability, density, instances)):
+                        # metadata=None: plain pages of one shape, which TIFF readers stack into one (Z, Y, X)
+                        # series. Float maps stay uncompressed: zlib saves ~10 % for ~2 s CPU per 4096² page.
+                        compression = None if page.dtype.kind == "f" else "zlib"
+                        writer.write(page, compression=compression, metadata=None, photometric="minisblack")
+            finally:
+                for writer in writers:
+                    writer.close()
+        return dict(zip(OUTPUT_FILES, finals))
 
     @staticmethod
     def _bigtiff(volume: SliceVolume, indices: list[int]) -> bool:

@@ -10,12 +10,13 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
-from bundle.data.io import atomic_output, parse_slices, read_label_instances, read_volume
+from bundle.data.io import parse_slices, read_label_instances, read_volume
 from bundle.errors import InputError
 from bundle.metrics.instance import instance_scores
 from bundle.metrics.instance_ap import prediction_dir_ap
 from bundle.metrics.overlay import error_overlay
 from bundle.metrics.segmentation import slice_and_volume_scores
+from bundle.outputs import atomic_output, check_output_dir, claim_output_dir
 
 METRIC_KEYS = ("dice", "iou", "f1", "mcc", "map", "aji", "pq", "ap50", "ap75")  # ap50/ap75: only with instances_3d.tif
 DEFAULT_OVERLAY_SLICES = (0, 22, 44)  # first, middle and last of EPFL 120-164
@@ -99,9 +100,14 @@ def evaluate_predictions(
     for name in ("probability.tif", "instances.tif"):
         if not (prediction_dir / name).is_file():
             raise InputError(f"{prediction_dir / name}: prediction file not found; run configs/inference.yaml with --output_dir {prediction_dir}")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise InputError(f"{output_dir}: output_dir is a file; pass a folder path for metrics.json")
+    check_output_dir(output_dir, ["metrics.json"])
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise InputError(f"threshold: {threshold!r} is not a probability threshold; pass a value between 0 and 1, e.g. 0.5")
     probability = read_volume(prediction_dir / "probability.tif")
+    low, high = float(probability.min()), float(probability.max())
+    if low < 0 or high > 1:
+        raise InputError(f"{prediction_dir / 'probability.tif'}: values in [{low:g}, {high:g}] are not probabilities; "
+                         "pass the probability.tif that configs/inference.yaml wrote")  # fmt: skip
     instances = read_volume(prediction_dir / "instances.tif")
     label_volume = read_label_instances(label, threshold=mask_threshold)
     labels = _matching_slices(label_volume, len(probability), slices, str(label))
@@ -121,9 +127,35 @@ def evaluate_predictions(
     scores.update(prediction_dir_ap(prediction_dir, labels, probability))  # 3D AP50/AP75 when instances_3d.tif exists
     scores.update(prediction_dir=str(prediction_dir), label=str(label), slices=slices)
     overlays = {z: error_overlay(volume[z], probability[z] >= threshold, labels[z] > 0) for z in drawn}
+    written = ["metrics.json", *(f"overlay_z{z:03d}.png" for z in overlays)]
+    claim_output_dir(output_dir, written, stale=["overlay_z*.png"])  # an earlier run's other overlays: removed
     for z, rgb in overlays.items():
         with atomic_output(output_dir / f"overlay_z{z:03d}.png") as partial:
             iio.imwrite(partial, rgb, extension=".png")
     with atomic_output(output_dir / "metrics.json") as partial:
         partial.write_text(json.dumps(scores, indent=2) + "\n")
     return scores
+
+
+SUMMARY_KEYS = ("dice", "iou", "aji", "pq")
+
+
+def read_scores(scores_dir: str | os.PathLike) -> dict:
+    """The metrics.json that `evaluate_predictions` wrote into `scores_dir` (one-line InputError when missing)."""
+    path = Path(scores_dir) / "metrics.json"
+    if not path.is_file():
+        raise InputError(f"{path}: scores not found; run configs/evaluate.yaml with --output_dir {scores_dir}")
+    return json.loads(path.read_text())
+
+
+def score_table(rows: dict[str, dict], keys: Sequence[str] = SUMMARY_KEYS) -> str:
+    """A Markdown table of `rows` ({name: metrics}); every row after the first also shows its change against it."""
+    names = list(rows)
+    lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name in names:
+        cells = []
+        for key in keys:
+            value, first = rows[name][key], rows[names[0]][key]
+            cells.append(f"{value:.3f}" if name == names[0] else f"{value:.3f} ({value - first:+.3f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
