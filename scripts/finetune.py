@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 CONFIGS = REPO / "configs"
 SETTINGS_FILE = "finetune.json"
+RECORDED_ONLY = ("pixel_size", "model_scale")  # settings that finetune.json records but no config takes
 
 
 from bundle.errors import OneLineParser as _Parser, fail as _fail  # noqa: E402
@@ -41,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--points", required=True, help="clicks on mitochondria: CSV z,y,x or a napari Points export")
     parser.add_argument("--output_dir", required=True, help="folder for model.pt, predictions/ and the run's files")
     parser.add_argument("--slices", default=None, help="slices to adapt on, e.g. '0-119' (default: all)")
+    parser.add_argument("--pixel_size", default=None,
+                        help="nm per pixel of --target_image (8, or y,x); default: the file's, else the model's 4.6")  # fmt: skip
     parser.add_argument("--source_image", default=None, help="labelled source volume (with --source_label)")
     parser.add_argument("--source_label", default=None, help="its labels: instances or an 8-bit mask")
     parser.add_argument("--with_source", action="store_true", help="use VNC III under --dataset_dir as the source")
@@ -81,6 +84,7 @@ def check_inputs(args: argparse.Namespace, extra: dict[str, Any]) -> dict[str, A
 
     from bundle.data.dataset import check_data_root, normalize_slice
     from bundle.data.io import check_same_shape, parse_slices, read_label_instances, read_volume
+    from bundle.data.pixel_size import model_scale, scaled_shape
     from bundle.data.points import points_in_slices, read_points, validate_points
     from bundle.errors import input_error
     from bundle.handlers.prototype_bank import load_source_prototypes
@@ -90,8 +94,9 @@ def check_inputs(args: argparse.Namespace, extra: dict[str, Any]) -> dict[str, A
 
     latest_checkpoint(check_output_dir(args.output_dir, [SETTINGS_FILE, "model.pt"]) / "checkpoints")  # weights-only
     volume = read_volume(args.target_image)
+    factors = model_scale(args.target_image, args.pixel_size)
     crop = int(np.max(extra.get("crop_size", 256)))
-    if min(volume.shape[1:]) < crop:
+    if min(scaled_shape(volume.shape, factors)) < crop:
         raise input_error(
             args.target_image,
             f"slices of (Y, X) = {volume.shape[1:]} are smaller than the {crop}x{crop} training crop "
@@ -109,6 +114,7 @@ def check_inputs(args: argparse.Namespace, extra: dict[str, Any]) -> dict[str, A
     network = load_checkpoint(MultiTaskUNet(in_channels=1, width=int(extra.get("width", 16))), args.checkpoint)
     overrides: dict[str, Any] = {
         "target_image": args.target_image, "target_points": args.points, "target_slices": args.slices or "all",
+        "pixel_size": args.pixel_size, "model_scale": list(factors),
         "source_checkpoint": args.checkpoint, "output_dir": args.output_dir, "dataset_dir": args.dataset_dir,
         "num_iterations": args.num_iterations, "val_interval": args.val_interval, "num_rounds": args.num_rounds,
         "validation": args.val_label is not None,
@@ -120,6 +126,8 @@ def check_inputs(args: argparse.Namespace, extra: dict[str, Any]) -> dict[str, A
         if set(val_slices) & set(slices):
             print("mitoda: warning: --val_slices overlap the adapted --slices: validation scores are not independent")
         overrides.update(val_image=args.target_image, val_label=args.val_label, val_slices=args.val_slices or "all")
+    if factors != (1.0, 1.0):  # adapt at the model's scale: these are written into DIR/model_scale/ before the run
+        args.at_model_scale = (volume, points, labels if args.val_label is not None else None)
     if args.source_image is not None:
         source, source_label = read_volume(args.source_image), read_label_instances(args.source_label)
         check_same_shape(source, source_label, args.source_image, args.source_label)
@@ -198,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = check_inputs(args, overrides)
         claim_output_dir(args.output_dir)
+        if getattr(args, "at_model_scale", None) is not None:
+            from bundle.data.pixel_size import write_at_model_scale
+
+            moved = write_at_model_scale(Path(args.output_dir) / "model_scale", settings["model_scale"], *args.at_model_scale)
+            settings.update(moved, **({"val_image": moved["target_image"]} if "val_label" in moved else {}))
         _record(Path(args.output_dir), {**settings, "configs": [Path(c).name for c in _configs(source_free)]})
     except InputError as exc:
         _fail(str(exc))
@@ -209,11 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(REPO)  # configs and bundle_root "." are relative to the repository root
     output = Path(args.output_dir)
     steps = {
-        "adapt": lambda: monai.bundle.run(config_file=_configs(source_free), **settings),
+        "adapt": lambda: monai.bundle.run(config_file=_configs(source_free),
+                                          **{k: v for k, v in settings.items() if k not in RECORDED_ONLY}),
         "predict": lambda: monai.bundle.run(
             config_file=str(CONFIGS / "inference.yaml"), input_image=args.target_image,
             checkpoint=str(output / "model.pt"), output_dir=str(output / "predictions"),
-            width=settings.get("width", 16),
+            width=settings.get("width", 16), pixel_size=args.pixel_size,
         ),
     }  # fmt: skip
     for name, step in steps.items():

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from bundle.data.dataset import normalize_slice
 from bundle.data.io import SliceVolume, parse_slices
+from bundle.data.pixel_size import resample_slice, scaled_shape
 from bundle.errors import InputError
 from bundle.inference.postprocess import instances_from_prediction, split_output
 from bundle.outputs import atomic_outputs, check_output_dir, claim_output_dir
@@ -54,16 +55,23 @@ class VolumePredictor:
         postprocessing: Callable[..., np.ndarray] = instances_from_prediction,
         device: str | torch.device = "cpu",
         progress: bool = True,
+        scale: Sequence[float] = (1.0, 1.0),
     ) -> None:
         self.network = network.eval()
         self.inferer = inferer
         self.postprocessing = postprocessing
         self.device = torch.device(device)
         self.progress = progress
+        self.scale = (float(scale[0]), float(scale[-1]))  # (y, x) factors from the input's pixels to the model's
 
     def predict_image(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(probability, density, instances) of one normalised 2D slice; instance ids start at 1 on every slice."""
-        probability, density = predict_slice(self.network, self.inferer, image, self.device)
+        """(probability, density, instances) of one normalised 2D slice, on its own grid whatever `scale` is;
+        instance ids start at 1 on every slice. The density keeps its sum (the count) through the resampling."""
+        shape = scaled_shape(image.shape, self.scale)
+        probability, density = predict_slice(self.network, self.inferer, resample_slice(image, shape), self.device)
+        if shape != image.shape:
+            probability = np.clip(resample_slice(probability, image.shape), 0.0, 1.0)
+            density = resample_slice(density, image.shape) * (shape[0] * shape[1] / image.size)
         return probability, density, self.postprocessing(probability, density)
 
     def __call__(self, input_image: str | os.PathLike, output_dir: str | os.PathLike, slices: str | Sequence[int] | None = None) -> dict[str, Path]:

@@ -1,0 +1,205 @@
+"""Pixel size: read it from a volume's metadata, and resample slices between the input's scale and the model's.
+
+The network sees mitochondria at the scale it was trained at (`MODEL_PIXEL_SIZE`, VNC III's 4.6 nm). A volume at
+another pixel size is resampled to that scale before the network and its outputs back to the input's grid, so
+that every output keeps the input's shape. The pixel size comes from `--pixel_size` (nm per pixel, y/x), or from
+the file when it says (OME-XML PhysicalSize, ImageJ or TIFF resolution tags, NIfTI zooms, HDF5
+`element_size_um`); an unknown pixel size is taken as the model's. Scale factors within `TOLERANCE` of 1 are not
+resampled at all: EPFL's 5 nm against 4.6 nm is 1.09, and predicting it unresampled keeps every earlier figure.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bundle.errors import input_error
+
+MODEL_PIXEL_SIZE = 4.6  # nm per pixel of the source volume, VNC III (its README)
+TOLERANCE = 0.1  # scale factors closer than this to 1 are not resampled
+_NM_PER_UNIT = {"nm": 1.0, "nanometer": 1.0, "um": 1e3, "µm": 1e3, "micron": 1e3, "micrometer": 1e3, "mm": 1e6,
+                "millimeter": 1e6, "cm": 1e7, "centimeter": 1e7, "m": 1e9, "meter": 1e9, "a": 0.1, "angstrom": 0.1}  # fmt: skip
+logger = logging.getLogger("mitoda.pixel_size")
+
+PixelSize = tuple[float, float]
+
+
+def _tiff_pixel_size(path: Path) -> PixelSize | None:
+    """(y, x) nm of a TIFF: OME PhysicalSizeY/X, else the resolution tags with ImageJ's unit or ResolutionUnit."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if tif.is_ome and tif.ome_metadata:
+            sizes = {}
+            for axis in "YX":
+                match = re.search(rf'PhysicalSize{axis}="([0-9.eE+-]+)"', tif.ome_metadata)
+                unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', tif.ome_metadata)
+                if match:
+                    sizes[axis] = float(match.group(1)) * _NM_PER_UNIT.get((unit.group(1) if unit else "µm").lower(), math.nan)
+            if len(sizes) == 2:
+                return sizes["Y"], sizes["X"]
+        page = tif.pages[0]
+        if "XResolution" not in page.tags or "YResolution" not in page.tags:
+            return None
+        unit_tag = int(page.tags["ResolutionUnit"].value) if "ResolutionUnit" in page.tags else 1
+        unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
+        per_unit = {2: 2.54e7, 3: 1e7}.get(unit_tag)  # inch, centimetre; 1 = no unit unless ImageJ names one
+        if unit is not None:
+            per_unit = _NM_PER_UNIT.get(str(unit).lower().replace("\\u00b5", "µ"))
+        if per_unit is None:
+            return None
+        (yn, yd), (xn, xd) = page.tags["YResolution"].value, page.tags["XResolution"].value
+        if not (yn and xn):
+            return None
+        return per_unit * yd / yn, per_unit * xd / xn
+
+
+def _nifti_pixel_size(path: Path) -> PixelSize | None:
+    """(y, x) nm of a NIfTI volume stored as (Z, Y, X) (`read_volume`'s axes): its zooms, in its spatial unit."""
+    import nibabel as nib
+
+    header = nib.load(str(path)).header
+    unit = header.get_xyzt_units()[0]
+    zooms = header.get_zooms()
+    if unit == "unknown" or len(zooms) < 3:
+        return None
+    per_unit = {"meter": 1e9, "mm": 1e6, "micron": 1e3}[unit]
+    return zooms[1] * per_unit, zooms[2] * per_unit
+
+
+def _hdf5_pixel_size(path: Path) -> PixelSize | None:
+    """(y, x) nm of the one HDF5 dataset's `element_size_um` attribute (z, y, x), as ilastik and Fiji write it."""
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        datasets = []
+        handle.visititems(lambda name, item: datasets.append(item) if isinstance(item, h5py.Dataset) else None)
+        if len(datasets) == 1 and "element_size_um" in datasets[0].attrs:
+            z, y, x = (float(v) * 1e3 for v in datasets[0].attrs["element_size_um"][-3:])
+            return y, x
+    return None
+
+
+def file_pixel_size(path: str | os.PathLike) -> PixelSize | None:
+    """The (y, x) pixel size in nm that a volume file states, or None when it states none (or one of 1, a
+    placeholder that tools write when nothing is known)."""
+    path = Path(path)
+    suffix = "".join(path.suffixes[-2:]).lower()
+    reader = {".tif": _tiff_pixel_size, ".tiff": _tiff_pixel_size, ".nii": _nifti_pixel_size,
+              ".gz": _nifti_pixel_size, ".h5": _hdf5_pixel_size, ".hdf5": _hdf5_pixel_size}.get(path.suffix.lower())  # fmt: skip
+    if reader is None or path.is_dir() or (suffix.endswith(".gz") and not suffix.endswith(".nii.gz")):
+        return None
+    try:
+        size = reader(path)
+    except Exception:  # noqa: BLE001 - unreadable metadata is no pixel size; reading the data reports a bad file
+        return None
+    if size is None or not all(math.isfinite(v) and v > 0 for v in size) or all(abs(v - 1e7) < 1e-3 for v in size):
+        return None  # (a resolution of 1 pixel per cm is a placeholder, not a measurement)
+    return float(size[0]), float(size[1])
+
+
+def as_pixel_size(value: float | Sequence[float] | str | None, where: str = "--pixel_size") -> PixelSize | None:
+    """`--pixel_size` as (y, x) nm: one number for both, two for y/x ("8", 8, [8, 8] or "8,8"); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [v for v in re.split(r"[,\s/]+", value.strip()) if v]
+    values = [value] if isinstance(value, (int, float)) else list(value)
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        numbers = []
+    if len(numbers) not in (1, 2) or not all(math.isfinite(v) and v > 0 for v in numbers) or isinstance(value, bool):
+        raise input_error(where, f"{value!r} is not a pixel size", "pass nm per pixel, one number (e.g. 8) or y,x (e.g. 8,6)")
+    return (numbers[0], numbers[-1])
+
+
+def model_scale(
+    input_image: str | os.PathLike | None,
+    pixel_size: float | Sequence[float] | str | None = None,
+    model_pixel_size: float = MODEL_PIXEL_SIZE,
+) -> tuple[float, float]:
+    """(y, x) factors that take the input's pixels to the model's (2.0: the input is upsampled 2x).
+
+    The pixel size is `pixel_size` if given, else the file's, else the model's; factors within TOLERANCE of 1 are
+    1 (no resampling). The decision is logged.
+    """
+    given = as_pixel_size(pixel_size)
+    size, source = (given, "--pixel_size") if given else (None, "")
+    if size is None and input_image is not None:
+        size, source = file_pixel_size(input_image), f"{Path(input_image).name}'s metadata"
+    if size is None:
+        logger.info(f"pixel size unknown: taken as the model's {model_pixel_size:g} nm (pass --pixel_size NM)")
+        return 1.0, 1.0
+    factors = tuple(1.0 if abs(s / model_pixel_size - 1) < TOLERANCE else s / model_pixel_size for s in size)
+    action = "not resampled" if factors == (1.0, 1.0) else f"resampled by {factors[0]:.3g} x {factors[1]:.3g}"
+    logger.info(f"pixel size {size[0]:g} x {size[1]:g} nm (from {source}); model {model_pixel_size:g} nm: {action}")
+    return factors  # type: ignore[return-value]
+
+
+def scaled_shape(shape: Sequence[int], factors: Sequence[float]) -> tuple[int, int]:
+    """The (Y, X) shape of a slice of `shape` at the model's scale."""
+    return tuple(max(1, round(n * f)) for n, f in zip(shape[-2:], factors))  # type: ignore[return-value]
+
+
+def resample_slice(image: np.ndarray, shape: Sequence[int], labels: bool = False) -> np.ndarray:
+    """A 2D slice resampled to `shape`: bilinear (anti-aliased when shrinking) for intensities and probabilities,
+    nearest for labels. A slice already of that shape is returned as it is."""
+    shape = tuple(int(n) for n in shape)
+    if tuple(image.shape) == shape:
+        return image
+    if labels:
+        rows = np.minimum((np.arange(shape[0]) + 0.5) * image.shape[0] / shape[0], image.shape[0] - 1).astype(int)
+        cols = np.minimum((np.arange(shape[1]) + 0.5) * image.shape[1] / shape[1], image.shape[1] - 1).astype(int)
+        return image[np.ix_(rows, cols)]
+    shrink = shape[0] < image.shape[0] or shape[1] < image.shape[1]
+    tensor = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32)[None, None]
+    out = F.interpolate(tensor, size=shape, mode="bilinear", antialias=shrink, align_corners=False)
+    return out[0, 0].numpy()
+
+
+def resample_volume(volume: np.ndarray, factors: Sequence[float], labels: bool = False) -> np.ndarray:
+    """A (Z, Y, X) volume resampled slice by slice by `factors` (y, x), in its dtype (intensities rounded)."""
+    shape = scaled_shape(volume.shape, factors)
+    slices = [resample_slice(z, shape, labels) for z in volume]
+    out = np.stack(slices)
+    if not labels and volume.dtype.kind in "iu":
+        info = np.iinfo(volume.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(volume.dtype, copy=False)
+
+
+def scale_points(points: np.ndarray, factors: Sequence[float], shape: Sequence[int]) -> np.ndarray:
+    """(N, 3) z,y,x pixel points moved to the grid of a volume resampled by `factors` (centre of the pixel kept),
+    clipped into the resampled (Y, X) `shape`."""
+    points = np.asarray(points, dtype=np.int64).copy()
+    for axis, (factor, size) in enumerate(zip(factors, shape), start=1):
+        points[:, axis] = np.clip(np.floor((points[:, axis] + 0.5) * factor), 0, size - 1)
+    return points
+
+
+def write_at_model_scale(
+    folder: str | os.PathLike, factors: Sequence[float], image: np.ndarray, points: np.ndarray, label: np.ndarray | None
+) -> dict[str, str]:
+    """Write the adaptation inputs resampled to the model's scale into `folder`: image.tif, points.csv (and
+    label.tif); return their paths under the config keys they replace (target_image, target_points, val_label)."""
+    from bundle.data.io import write_tiff
+    from bundle.data.points import write_points
+
+    folder = Path(folder)
+    resampled = resample_volume(image, factors)
+    paths = {"target_image": folder / "image.tif", "target_points": folder / "points.csv"}
+    write_tiff(paths["target_image"], resampled)
+    write_points(paths["target_points"], scale_points(points, factors, resampled.shape[1:]))
+    if label is not None:
+        paths["val_label"] = folder / "label.tif"
+        write_tiff(paths["val_label"], resample_volume(label, factors, labels=True))
+    return {key: str(path) for key, path in paths.items()}

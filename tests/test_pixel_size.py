@@ -1,0 +1,97 @@
+"""Pixel size: read from files, resampling to the model's scale and back (labels round-trip, the count is kept)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+import tifffile
+import torch
+from monai.inferers import SlidingWindowInferer
+
+from bundle.data.pixel_size import (
+    MODEL_PIXEL_SIZE,
+    as_pixel_size,
+    file_pixel_size,
+    model_scale,
+    resample_volume,
+    scale_points,
+)
+from bundle.inference.predict import VolumePredictor
+from bundle.networks import MultiTaskUNet
+from tests.helpers import EPFL, REPO, need, raises_one_line
+
+
+def test_a_label_volume_round_trips_through_the_model_scale() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 50, size=(3, 40, 60)).astype(np.uint16)
+    up = resample_volume(labels, (2.0, 2.0), labels=True)
+    assert up.shape == (3, 80, 120) and up.dtype == np.uint16
+    assert set(np.unique(up)) <= set(np.unique(labels))  # nearest: no new ids
+    np.testing.assert_array_equal(resample_volume(up, (0.5, 0.5), labels=True), labels)
+    odd = resample_volume(labels, (1.74, 1.74), labels=True)
+    assert odd.shape == (3, 70, 104)
+    np.testing.assert_array_equal(resample_volume(odd, (40 / 70, 60 / 104), labels=True), labels)
+
+
+def test_points_follow_the_resampling() -> None:
+    points = np.array([[0, 0, 0], [1, 10, 20], [2, 39, 59]])
+    moved = scale_points(points, (2.0, 2.0), (80, 120))
+    np.testing.assert_array_equal(moved, [[0, 1, 1], [1, 21, 41], [2, 79, 119]])  # pixel centres kept
+
+
+def test_pixel_size_is_read_from_the_files_that_state_it(tmp_path: Path) -> None:
+    volume = np.zeros((2, 32, 32), np.uint8)
+    tifffile.imwrite(tmp_path / "ome.tif", volume, ome=True, metadata={
+        "axes": "ZYX", "PhysicalSizeX": 8, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 6, "PhysicalSizeYUnit": "nm"})  # fmt: skip
+    assert file_pixel_size(tmp_path / "ome.tif") == pytest.approx((6, 8))
+    tifffile.imwrite(tmp_path / "ij.tif", volume, imagej=True, resolution=(1 / 0.008, 1 / 0.008), metadata={"unit": "um"})
+    assert file_pixel_size(tmp_path / "ij.tif") == pytest.approx((8, 8))
+    tifffile.imwrite(tmp_path / "cm.tif", volume, resolution=(1e7 / 5, 1e7 / 5), resolutionunit="CENTIMETER")
+    assert file_pixel_size(tmp_path / "cm.tif") == pytest.approx((5, 5))
+    image = nib.Nifti1Image(volume.astype(np.float32), np.diag([0.05, 0.006, 0.007, 1]))
+    image.header.set_xyzt_units("micron")
+    nib.save(image, tmp_path / "vol.nii.gz")
+    assert file_pixel_size(tmp_path / "vol.nii.gz") == pytest.approx((6, 7))
+    with h5py.File(tmp_path / "vol.h5", "w") as handle:
+        handle.create_dataset("raw", data=volume).attrs["element_size_um"] = (0.04, 0.01, 0.01)
+    assert file_pixel_size(tmp_path / "vol.h5") == pytest.approx((10, 10))
+    assert file_pixel_size(need(EPFL / "training.tif")) is None  # states none (its resolution tags are placeholders)
+
+
+def test_the_scale_comes_from_the_option_then_the_file_then_the_model(tmp_path: Path) -> None:
+    tifffile.imwrite(tmp_path / "ij.tif", np.zeros((2, 32, 32), np.uint8), imagej=True,
+                     resolution=(1 / 0.0092, 1 / 0.0092), metadata={"unit": "um"})  # fmt: skip
+    assert model_scale(tmp_path / "ij.tif") == pytest.approx((2, 2))
+    assert model_scale(tmp_path / "ij.tif", "4.6,13.8") == pytest.approx((1, 3))
+    assert model_scale(need(EPFL / "training.tif")) == (1.0, 1.0)
+    assert model_scale(None, 5.0) == (1.0, 1.0)  # EPFL's 5 nm is within the tolerance: not resampled
+    assert as_pixel_size("8") == as_pixel_size(8) == as_pixel_size([8]) == (8.0, 8.0)
+    for bad in ("x", 0, -3, [1, 2, 3], True):
+        raises_one_line(as_pixel_size, bad, name="not a pixel size")
+
+
+def test_prediction_at_another_scale_keeps_the_input_grid_and_the_count(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    network = MultiTaskUNet(width=8).eval()
+    image = np.random.default_rng(0).normal(size=(96, 128)).astype(np.float32)
+    inferer = SlidingWindowInferer([64, 64], 1, 0.25, mode="gaussian")
+    same = VolumePredictor(network, inferer, progress=False).predict_image(image)
+    up = VolumePredictor(network, inferer, progress=False, scale=(2.0, 2.0)).predict_image(image)
+    assert up[0].shape == up[1].shape == up[2].shape == image.shape
+    assert 0 <= up[0].min() and up[0].max() <= 1
+    big = VolumePredictor(network, inferer, progress=False).predict_image(
+        np.asarray(torch.nn.functional.interpolate(torch.from_numpy(image)[None, None], scale_factor=2,
+                                                   mode="bilinear")[0, 0]))  # fmt: skip
+    assert up[1].sum() == pytest.approx(big[1].sum(), rel=0.02)  # the density integral survives the resampling
+    assert not np.allclose(up[0], same[0])
+
+
+def test_metadata_states_the_models_pixel_size() -> None:
+    import json
+
+    meta = json.loads((REPO / "configs" / "metadata.json").read_text())
+    assert meta["pixel_size_nm"] == [MODEL_PIXEL_SIZE, MODEL_PIXEL_SIZE]
