@@ -3,8 +3,9 @@
 `requirements/<group>.in` lists what a group needs (the files to edit); `requirements/<group>.txt` is its lock, made
 by pip-compile (`bash scripts/lock.sh`, which then runs this module). The runtime group gives the MONAI bundle
 spec's `monai_version`, `pytorch_version`, `numpy_version` and `required_packages_version` (every other direct
-requirement); the tracking group gives `optional_packages_version`. Standard library only: the lock tool's own
-environment runs it.
+requirement). The optional groups (tracking, dev) stay out of the metadata: MONAI 1.6 reads the spec's old
+`optional_packages_version` as a deprecated name of `required_packages_version`. Standard library only: the lock
+tool's own environment runs it.
 
     python -m bundle.release [--check]    # rewrite metadata.json's versions from the locks (or only compare)
 """
@@ -23,7 +24,7 @@ from bundle.outputs import atomic_output
 REPO = Path(__file__).resolve().parents[1]
 REQUIREMENTS = REPO / "requirements"
 METADATA = REPO / "configs" / "metadata.json"
-RUNTIME, OPTIONAL = "runtime", ("tracking",)
+RUNTIME = "runtime"
 SPEC_VERSION_KEYS = {"monai": "monai_version", "torch": "pytorch_version", "numpy": "numpy_version"}
 NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")
@@ -56,11 +57,6 @@ def metadata_versions(requirements: Path = REQUIREMENTS) -> dict:
     versions: dict = {key: runtime[name] for name, key in SPEC_VERSION_KEYS.items()}
     direct = [name for name in direct_requirements(requirements / f"{RUNTIME}.in") if name not in SPEC_VERSION_KEYS]
     versions["required_packages_version"] = {name: runtime[name] for name in direct}
-    optional = {}
-    for group in OPTIONAL:
-        locked = locked_versions(requirements / f"{group}.txt")
-        optional.update({name: locked[name] for name in direct_requirements(requirements / f"{group}.in")})
-    versions["optional_packages_version"] = optional
     return versions
 
 
@@ -78,14 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"{METADATA}: " + (f"stale versions: {', '.join(stale)}" if stale else "versions match the locks"))
         return 1 if stale else 0
-    ordered = {}  # metadata.json's own key order; optional_packages_version right after required_packages_version
-    for key, value in meta.items():
-        if key != "optional_packages_version":
-            ordered[key] = versions.get(key, value)
-        if key == "required_packages_version":
-            ordered["optional_packages_version"] = versions["optional_packages_version"]
     with atomic_output(METADATA) as tmp:
-        tmp.write_text(json.dumps(ordered, indent=4, ensure_ascii=False) + "\n")
+        tmp.write_text(json.dumps({key: versions.get(key, value) for key, value in meta.items()}, indent=4, ensure_ascii=False) + "\n")
     print(f"{METADATA}: " + (f"updated {', '.join(stale)}" if stale else "unchanged"))
     return 0
 

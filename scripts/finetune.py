@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 CONFIGS = REPO / "configs"
 SETTINGS_FILE = "finetune.json"
-RECORDED_ONLY = ("pixel_size", "model_scale")  # settings that finetune.json records but no config takes
+RECORDED_ONLY = ("input_image", "pixel_size", "model_scale")  # settings finetune.json records, no config takes
 
 
 from bundle.errors import OneLineParser as _Parser, fail as _fail  # noqa: E402
@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_iterations", type=int, default=1600, help="training iterations (default 1600)")
     parser.add_argument("--val_interval", type=int, default=400, help="iterations per epoch = per pseudo-label round")
     parser.add_argument("--num_rounds", type=int, default=4, help="pseudo-label rounds, one per epoch (default 4)")
+    parser.add_argument("--holdout_clicks", type=float, default=0.2,
+                        help="share of the clicks held out of training to check each round (default 0.2; 0: none)")  # fmt: skip
     return parser
 
 
@@ -85,6 +87,7 @@ def check_inputs(args: argparse.Namespace, extra: dict[str, Any]) -> dict[str, A
     from bundle.data.dataset import check_data_root, normalize_slice
     from bundle.data.io import check_same_shape, parse_slices, read_label_instances, read_volume
     from bundle.data.pixel_size import model_scale, scaled_shape
+    from bundle.data.target import check_polarity, split_clicks
     from bundle.data.points import points_in_slices, read_points, validate_points
     from bundle.errors import input_error
     from bundle.handlers.prototype_bank import load_source_prototypes
@@ -114,7 +117,7 @@ def check_inputs(args: argparse.Namespace, extra: dict[str, Any]) -> dict[str, A
     network = load_checkpoint(MultiTaskUNet(in_channels=1, width=int(extra.get("width", 16))), args.checkpoint)
     overrides: dict[str, Any] = {
         "target_image": args.target_image, "target_points": args.points, "target_slices": args.slices or "all",
-        "pixel_size": args.pixel_size, "model_scale": list(factors),
+        "input_image": args.target_image, "pixel_size": args.pixel_size, "model_scale": list(factors),
         "source_checkpoint": args.checkpoint, "output_dir": args.output_dir, "dataset_dir": args.dataset_dir,
         "num_iterations": args.num_iterations, "val_interval": args.val_interval, "num_rounds": args.num_rounds,
         "validation": args.val_label is not None,
@@ -126,8 +129,11 @@ def check_inputs(args: argparse.Namespace, extra: dict[str, Any]) -> dict[str, A
         if set(val_slices) & set(slices):
             print("mitoda: warning: --val_slices overlap the adapted --slices: validation scores are not independent")
         overrides.update(val_image=args.target_image, val_label=args.val_label, val_slices=args.val_slices or "all")
-    if factors != (1.0, 1.0):  # adapt at the model's scale: these are written into DIR/model_scale/ before the run
-        args.at_model_scale = (volume, points, labels if args.val_label is not None else None)
+    on_slices = points[np.isin(points[:, 0], slices)]
+    check_polarity(volume, on_slices, args.points)
+    train, holdout = split_clicks(on_slices, args.holdout_clicks)
+    # written into DIR/inputs/ once the output folder is claimed: the clicks split, the volume at the model's scale
+    args.adaptation_inputs = (factors, volume, train, holdout, labels if args.val_label is not None else None)
     if args.source_image is not None:
         source, source_label = read_volume(args.source_image), read_label_instances(args.source_label)
         check_same_shape(source, source_label, args.source_image, args.source_label)
@@ -199,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides.setdefault("omega_fractions", [0.0, 0.5, 0.95, 0.95, *[0.95] * max(args.num_rounds - 4, 0)])
 
     from bundle.errors import InputError, find_input_error
+    from bundle.data.io import parse_slices
+    from bundle.data.target import adaptation_checks, write_adaptation_inputs
     from bundle.outputs import claim_output_dir
 
     timings: dict[str, float] = {}
@@ -206,11 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = check_inputs(args, overrides)
         claim_output_dir(args.output_dir)
-        if getattr(args, "at_model_scale", None) is not None:
-            from bundle.data.pixel_size import write_at_model_scale
-
-            moved = write_at_model_scale(Path(args.output_dir) / "model_scale", settings["model_scale"], *args.at_model_scale)
-            settings.update(moved, **({"val_image": moved["target_image"]} if "val_label" in moved else {}))
+        settings.update(write_adaptation_inputs(Path(args.output_dir) / "inputs", *args.adaptation_inputs))
         _record(Path(args.output_dir), {**settings, "configs": [Path(c).name for c in _configs(source_free)]})
     except InputError as exc:
         _fail(str(exc))
@@ -242,8 +246,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mitoda: {name} took {timings[name]:.1f} s", flush=True)
     timings["total"] = time.perf_counter() - start
     record = json.loads((output / SETTINGS_FILE).read_text())
-    _write_json(output / SETTINGS_FILE, {**record, "timings_s": timings})
+    _, volume, _, holdout, _ = args.adaptation_inputs
+    slices = parse_slices(args.slices, len(volume), path="--slices")
+    checks = adaptation_checks(output, output / "predictions", slices, holdout)
+    _write_json(output / SETTINGS_FILE, {**record, "timings_s": timings, "checks": checks})
     print("mitoda: timings: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()))
+    for row in [*checks["rounds"], {"round": "final", **checks["final"]}]:
+        print(f"mitoda: check, round {row['round']}: held-out click recall {row['holdout_click_recall']}, "
+              f"{row['instance_count']} instances, density count {row['density_count']}")
+    if checks["warning"]:
+        print(f"mitoda: warning: {checks['warning']}")
     print(f"mitoda: wrote {output / 'model.pt'} and {output / 'predictions'}/{{probability,density,instances}}.tif")
     return 0
 

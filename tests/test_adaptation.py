@@ -130,6 +130,7 @@ def _round_labels(tmp_path: Path, density_confirms_background: bool) -> np.ndarr
     a density peak at (46, 46) where the segmentation is unsure (p = 0.1), i.e. a mitochondrion it missed."""
     from bundle.data.density import density_map
     from bundle.handlers import PseudoLabelRounds
+    from bundle.pseudo_labels.rounds import RoundRule
 
     yy, xx = np.mgrid[:64, :64]
     probability = np.where((yy - 16) ** 2 + (xx - 16) ** 2 <= 36, 0.9, 0.1)
@@ -137,10 +138,10 @@ def _round_labels(tmp_path: Path, density_confirms_background: bool) -> np.ndarr
     density = density_map(np.array([[16, 16], [46, 46]]), (64, 64), sigma=3.0)
     output = torch.as_tensor(np.concatenate([logits, density[None]]), dtype=torch.float32)[None]
     items = [{"image": np.zeros((1, 64, 64), np.float32)}]
+    rule = RoundRule(omega_fractions=[0.0], sigma=3.0, beta=0.0, density_confirms_background=density_confirms_background)
     rounds = PseudoLabelRounds(
         items, _FixedOutput(output), lambda x, net: net(x), tmp_path / f"pl_{density_confirms_background}",
-        gt_points=np.array([[0, 16, 16]]), num_rounds=1, omega_fractions=[0.0], sigma=3.0, tta_views=1, beta=0.0,
-        density_confirms_background=density_confirms_background,
+        gt_points=np.array([[0, 16, 16]]), num_rounds=1, rule=rule, tta_views=1,
     )  # fmt: skip
     rounds.run_round()
     assert rounds.round == 1 and items[0]["label"].shape == (1, 64, 64)
@@ -181,6 +182,7 @@ def test_fixed_count_keeps_the_first_rounds_count(tmp_path: Path, fixed_count: b
 
     from bundle.data.density import density_map
     from bundle.handlers import PseudoLabelRounds
+    from bundle.pseudo_labels.rounds import RoundRule
 
     centres = np.array([[12, 12], [12, 52], [52, 12], [52, 52]])
     network = _FixedOutput(None)
@@ -193,9 +195,10 @@ def test_fixed_count_keeps_the_first_rounds_count(tmp_path: Path, fixed_count: b
 
     def make_rounds() -> PseudoLabelRounds:
         items = [{"image": np.zeros((1, 64, 64), np.float32)}]
+        rule = RoundRule(beta=0.5, omega_fractions=[0.0, 0.0], sigma=3.0, peak_min_distance=5)
         return PseudoLabelRounds(
-            items, network, lambda x, net: net(x), tmp_path / f"pl_{fixed_count}", num_rounds=2, beta=0.5,
-            omega_fractions=[0.0, 0.0], sigma=3.0, tta_views=1, peak_min_distance=5, fixed_count=fixed_count,
+            items, network, lambda x, net: net(x), tmp_path / f"pl_{fixed_count}", num_rounds=2, rule=rule,
+            tta_views=1, fixed_count=fixed_count,
         )  # fmt: skip
 
     rounds = make_rounds()

@@ -35,13 +35,13 @@ def _script(name: str):
 
 
 def _synthetic(seed: int, depth: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 image, uint16 instances) of `depth` noisy 64x64 slices, each with two bright disks."""
+    """(uint8 image, uint16 instances) of `depth` noisy 64x64 slices, each with two dark disks (EM contrast)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:SIZE, :SIZE]
     instances = np.zeros((depth, SIZE, SIZE), np.uint16)
     for i, (y, x) in enumerate(CENTRES, start=1):
         instances[:, (yy - y) ** 2 + (xx - x) ** 2 <= 49] = i
-    image = np.clip(90 + 80 * (instances > 0) + rng.normal(0, 15, instances.shape), 0, 255).astype(np.uint8)
+    image = np.clip(170 - 80 * (instances > 0) + rng.normal(0, 15, instances.shape), 0, 255).astype(np.uint8)
     return image, instances
 
 
@@ -190,3 +190,33 @@ def test_source_free_finetune_end_to_end(inputs: dict[str, Path], tmp_path: Path
     command = [*command[:2], *finetune_argv(inputs, output, iterations=6)]
     changed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
     assert changed.returncode == 2 and "num_iterations" in changed.stderr and changed.stderr.count("\n") == 1
+
+
+def test_held_out_clicks_are_split_off_scored_and_reported(inputs: dict[str, Path], tmp_path: Path) -> None:
+    from bundle.data.points import read_points
+
+    output = tmp_path / "run"
+    assert _script("finetune").main([*finetune_argv(inputs, output), "--holdout_clicks", "0.5"]) == 0
+    train, holdout = read_points(output / "inputs" / "train_clicks.csv"), read_points(output / "inputs" / "holdout_clicks.csv")
+    everything = read_points(inputs["points"])
+    assert len(train) == len(holdout) == 1
+    assert sorted(map(tuple, [*train, *holdout])) == sorted(map(tuple, everything))  # a split, nothing lost
+    record = json.loads((output / "finetune.json").read_text())
+    assert record["settings"]["target_points"] == str(output / "inputs" / "train_clicks.csv")  # trained on: train only
+    rounds = record["checks"]["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and all(r["holdout_click_recall"] in (0.0, 1.0) for r in rounds)
+    assert record["checks"]["final"]["holdout_clicks"] == 1
+
+
+def test_inverted_contrast_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    from bundle.data.target import check_polarity
+    from bundle.errors import InputError
+    from tests.helpers import EPFL, need
+
+    image = tifffile.imread(need(EPFL / "training.tif"), key=[0, 3])
+    clicks = np.loadtxt(need(EPFL / "points" / "15pct_split1.csv"), delimiter=",", skiprows=1, dtype=int)
+    clicks = clicks[np.isin(clicks[:, 0], [0, 3])]
+    clicks[:, 0] = (clicks[:, 0] == 3).astype(int)
+    assert check_polarity(image, clicks, "epfl") < -0.5  # mitochondria darker than their slices
+    with pytest.raises(InputError, match="contrast looks inverted"):
+        check_polarity(255 - image, clicks, "inverted.tif")

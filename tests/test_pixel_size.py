@@ -95,3 +95,18 @@ def test_metadata_states_the_models_pixel_size() -> None:
 
     meta = json.loads((REPO / "configs" / "metadata.json").read_text())
     assert meta["pixel_size_nm"] == [MODEL_PIXEL_SIZE, MODEL_PIXEL_SIZE]
+
+
+def test_resample_volume_script_halves_a_volume_and_refuses_bad_factors(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    tifffile.imwrite(tmp_path / "vol.tif", np.random.default_rng(0).integers(0, 255, (3, 64, 80), dtype=np.uint8),
+                     photometric="minisblack")  # fmt: skip
+    command = [sys.executable, "scripts/resample_volume.py", "--input", str(tmp_path / "vol.tif"), "--output"]
+    done = subprocess.run([*command, str(tmp_path / "half.tif"), "--factor", "0.5", "--slices", "1-2"], cwd=REPO,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert tifffile.imread(tmp_path / "half.tif").shape == (2, 32, 40)
+    bad = subprocess.run([*command, str(tmp_path / "x.tif"), "--factor", "0"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("mitoda: error: --factor") and not (tmp_path / "x.tif").exists()

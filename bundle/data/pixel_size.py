@@ -185,21 +185,3 @@ def scale_points(points: np.ndarray, factors: Sequence[float], shape: Sequence[i
         points[:, axis] = np.clip(np.floor((points[:, axis] + 0.5) * factor), 0, size - 1)
     return points
 
-
-def write_at_model_scale(
-    folder: str | os.PathLike, factors: Sequence[float], image: np.ndarray, points: np.ndarray, label: np.ndarray | None
-) -> dict[str, str]:
-    """Write the adaptation inputs resampled to the model's scale into `folder`: image.tif, points.csv (and
-    label.tif); return their paths under the config keys they replace (target_image, target_points, val_label)."""
-    from bundle.data.io import write_tiff
-    from bundle.data.points import write_points
-
-    folder = Path(folder)
-    resampled = resample_volume(image, factors)
-    paths = {"target_image": folder / "image.tif", "target_points": folder / "points.csv"}
-    write_tiff(paths["target_image"], resampled)
-    write_points(paths["target_points"], scale_points(points, factors, resampled.shape[1:]))
-    if label is not None:
-        paths["val_label"] = folder / "label.tif"
-        write_tiff(paths["val_label"], resample_volume(label, factors, labels=True))
-    return {key: str(path) for key, path in paths.items()}

@@ -21,15 +21,15 @@ from torch.utils.tensorboard import SummaryWriter
 from bundle.data.density import density_map
 from bundle.data.io import read_volume, write_tiff
 from bundle.losses.multitask import IGNORE_INDEX
-from bundle.pseudo_labels import (
-    add_point_labels,
-    confident_peaks,
-    density_background_mask,
-    estimate_count,
-    pseudo_label,
-    select_new_peaks,
-    snap_to_membranes,
-    tta_predict,
+from bundle.pseudo_labels import tta_predict
+from bundle.pseudo_labels.rounds import (
+    RoundRule,
+    click_checks,
+    dark_membrane_premise,
+    finish_label,
+    label_slice,
+    membrane_profile,
+    slice_checks,
 )
 from bundle.pseudo_labels.selection import instances_with_points
 
@@ -64,15 +64,30 @@ def overlay(image: np.ndarray, label: np.ndarray, gt: np.ndarray, pseudo: np.nda
 
 
 class PseudoLabelRounds:
-    """At the start of every `interval`-th epoch, until `num_rounds`: TTA-predict the target, add β% new density
-    peaks to the pseudo-points, rebuild target densities and their loss mask, and relabel the target with the
-    chosen pseudo-label rule (IPL uses Ω = ground-truth points + the `omega_fractions[r]` most confident peaks);
-    with `density_confirms_background`, background labels also need the density's confident background; with
-    `fixed_count`, every round uses the per-slice instance counts estimated in the first round (by the starting model)
-    for β and Ω, so a density head that inflates its mass while it adapts cannot inflate the pseudo-labels; with
-    `snap_to_membranes`, each instance's outline is cut back to its membrane and the cut-off pixels become background.
-    Labels are written to output_dir/round_r and swapped into the dataset; round and points live in the checkpoint.
-    Under torch.distributed, rank 0 computes and writes each round and the other ranks install its files.
+    """Schedules the self-training rounds on the target (detection pseudo-points, III-B, and segmentation
+    pseudo-labels, III-C); the rule of a round is `bundle.pseudo_labels.rounds` (pure functions).
+
+    At the start of every `interval`-th epoch, until `num_rounds`, it TTA-predicts the target slices, applies the
+    rule to each, writes the round to output_dir/round_r and swaps the labels, densities and masks into the dataset.
+    Round, points, counts and the outline decision live in the checkpoint. Under torch.distributed, rank 0 computes
+    and writes each round and the other ranks install its files.
+
+    Args:
+        items: the target slices (dicts with "image", (1, Y, X) normalised), in the dataset's order.
+        network: the network being adapted (a DDP module is unwrapped: rank 0 predicts alone).
+        inferer: the sliding-window inferer of the predictions.
+        output_dir: folder of the rounds' files.
+        gt_points: (N, 3) clicked points, z = the slice's position in `items`.
+        dataset: the dataset whose data the rounds replace (`set_data`).
+        num_rounds: rounds in all; interval: epochs per round.
+        rule: the round's `RoundRule` (β, Ω, pseudo-label kind, density veto, outline rule, ...).
+        tta_views: test-time augmentation views of the predictions.
+        fixed_count: every round uses the first round's per-slice counts (the starting model's) for β and Ω, so a
+            density head that inflates its mass while it adapts cannot inflate the pseudo-labels.
+        holdout_points: (K, 3) held-out clicks, never trained on: each round reports the share inside the
+            predicted foreground (the label-free check of the model of the epoch before; round 1 is the start).
+        preview_slices: indices into `items` of the PNG previews of each round.
+        device: where the network predicts.
     """
 
     def __init__(
@@ -85,41 +100,29 @@ class PseudoLabelRounds:
         dataset=None,
         num_rounds: int = 4,
         interval: int = 1,
-        beta: float = 0.2,
-        detection_rounds: int = 4,
-        omega_fractions: Sequence[float] = (0.0, 0.5, 0.95, 0.95),
-        kind: str = "ipl",
-        label_kwargs: dict | None = None,
-        sigma: float = 11.0,
+        rule: RoundRule | None = None,
         tta_views: int = 5,
-        peak_min_distance: int = 7,
-        peak_threshold: float = 2e-4,
-        preview_slices: Sequence[int] = (0,),
-        density_confirms_background: bool = False,
-        point_radius: float = 5.0,
         fixed_count: bool = False,
-        snap_to_membranes: bool = False,
+        holdout_points: np.ndarray | None = None,
+        preview_slices: Sequence[int] = (0,),
         device: str | torch.device = "cpu",
     ) -> None:
-        if len(omega_fractions) < num_rounds:
-            raise ValueError(f"omega_fractions needs one value per round ({num_rounds}), got {list(omega_fractions)}")
+        self.rule = RoundRule() if rule is None else rule
+        if len(self.rule.omega_fractions) < num_rounds:
+            raise ValueError(f"omega_fractions needs one value per round ({num_rounds}), got {list(self.rule.omega_fractions)}")
         self.items, self.network, self.inferer, self.dataset = items, network, inferer, dataset
         if isinstance(network, DistributedDataParallel):  # rank 0 predicts alone: the module, without DDP collectives
             self.network = network.module
         self.output_dir = Path(output_dir)
         self.gt = points_by_slice(gt_points, len(items))
+        self.holdout = points_by_slice(holdout_points, len(items))
         self.pseudo = [np.zeros((0, 2), np.int64) for _ in items]
         self.round = 0
-        self.num_rounds, self.interval, self.beta, self.detection_rounds = num_rounds, interval, beta, detection_rounds
-        self.omega_fractions, self.kind, self.label_kwargs = list(omega_fractions), kind, dict(label_kwargs or {})
-        self.sigma, self.tta_views = sigma, tta_views
-        self.peaks = {"min_distance": peak_min_distance, "threshold_abs": peak_threshold}
+        self.num_rounds, self.interval, self.tta_views, self.fixed_count = num_rounds, interval, tta_views, fixed_count
         self.preview_slices = [z for z in preview_slices if z < len(items)]
-        self.density_confirms_background = density_confirms_background
-        self.point_radius = point_radius
-        self.fixed_count = fixed_count
-        self.snap = snap_to_membranes
         self.counts: list[float] | None = None  # per-slice counts of the first round, with fixed_count
+        self.snap: bool | None = None  # the outline rule's decision for this volume (None: not decided yet)
+        self.snap_reason = ""
         self.device = torch.device(device)
         self.logger = logging.getLogger("mitoda.pseudo_labels")
         self._writer: SummaryWriter | None = None
@@ -153,44 +156,33 @@ class PseudoLabelRounds:
         r = self.round
         was_training = self.network.training
         self.network.eval()
-        labels, masks, densities, counts = [], [], [], []
-        fixed = self.counts if self.fixed_count else None
+        slices, checks = [], []
         for z, item in enumerate(self.items):
             image = torch.as_tensor(item["image"], dtype=torch.float32, device=self.device)[None]
             probability, density = (t[0, 0].cpu().numpy() for t in tta_predict(self.network, image, self.inferer, self.tta_views))
-            count = estimate_count(density) if fixed is None else fixed[z]  # once per slice, for β and Ω
-            counts.append(count)
-            known = np.concatenate([self.gt[z], self.pseudo[z]])
-            if r < self.detection_rounds and self.beta > 0:
-                new = select_new_peaks(density, known, self.beta, exclude_radius=self.peaks["min_distance"], count=count, **self.peaks)
-                self.pseudo[z] = np.concatenate([self.pseudo[z], new]).astype(np.int64)
-            all_points = np.concatenate([self.gt[z], self.pseudo[z]])
-            background = density_background_mask(density, sigma=self.sigma, points=all_points, **self.peaks)
-            densities.append(self._target_density(z, density.shape))
-            masks.append(((densities[-1] > 1e-8) | background).astype(np.uint8))
-            if self.kind == "ipl":
-                omega = confident_peaks(density, self.omega_fractions[r], count=count, **self.peaks) if self.omega_fractions[r] > 0 else np.zeros((0, 2), np.int64)
-                labels.append(pseudo_label("ipl", probability, points=omega, density=density, gt_points=self.gt[z], **self.label_kwargs))
-            else:
-                labels.append(pseudo_label(self.kind, probability, **self.label_kwargs))
-            if self.density_confirms_background:
-                # cross-task teaching: background only where the detection head also sees no instance nearby
-                labels[-1][(labels[-1] == 0) & ~background] = IGNORE_INDEX
-            if self.snap:  # after the density check: the pixels cut off are taught as background
-                labels[-1] = snap_to_membranes(labels[-1], np.asarray(item["image"])[0])
-            labels[-1] = add_point_labels(labels[-1], self.gt[z], radius=self.point_radius)  # ŷ^t fuses the points
+            count = self.counts[z] if self.fixed_count and self.counts is not None else None
+            slices.append(label_slice(self.rule, r, probability, density, self.gt[z], self.pseudo[z], count=count))
+            self.pseudo[z] = slices[-1].pseudo_points
+            checks.append(slice_checks(probability, density, self.holdout[z]))
         self.network.train(was_training)
+        images = [np.asarray(item["image"])[0] for item in self.items]
+        if self.rule.snap_to_membranes and self.snap is None:  # decided once per volume, on the first round's labels
+            self.snap, self.snap_reason = dark_membrane_premise(membrane_profile(images, [s.label for s in slices]))
+            decision = "cut back to the membrane" if self.snap else "left as they are"
+            self.logger.info(f"outline rule: pseudo-label outlines {decision}: {self.snap_reason}")
+        labels = np.stack([finish_label(s.label, image, gt, self.rule, bool(self.snap)) for s, image, gt in zip(slices, images, self.gt)])
         if self.fixed_count and self.counts is None:
-            self.counts = counts
-        labels = np.stack(labels)
+            self.counts = [s.count for s in slices]
         point_masks = np.stack([instances_with_points(label, gt) for label, gt in zip(labels, self.gt)])
+        masks = [s.density_mask for s in slices]
         self._write_round(r, labels, np.stack(masks), point_masks)
         self.round = r + 1
-        self._install(labels, masks, densities, point_masks)
-        self._log(r, iteration, labels, sum(counts))
+        self._install(labels, masks, [s.target_density for s in slices], point_masks)
+        self._log(r, iteration, labels, sum(s.count for s in slices), click_checks(checks))
 
     def _write_round(self, r: int, labels: np.ndarray, masks: np.ndarray, point_masks: np.ndarray | None = None) -> None:
-        """Write labels.tif, density_mask.tif, point_mask.tif, pseudo_points.csv and previews into round_r (atomically)."""
+        """Write labels.tif, density_mask.tif, point_mask.tif, pseudo_points.csv, previews and the model that
+        predicted them (model.pt) into round_r (atomically)."""
         final, partial = self.round_dir(r), self.output_dir / f".round_{r}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
@@ -201,12 +193,14 @@ class PseudoLabelRounds:
         np.savetxt(partial / "pseudo_points.csv", stack_points(self.pseudo), fmt="%d", delimiter=",", header="z,y,x", comments="")
         for z in self.preview_slices:
             iio.imwrite(partial / f"preview_z{z:03d}.png", overlay(self.items[z]["image"][0], labels[z], self.gt[z], self.pseudo[z]))
+        # the model this round predicted with (the previous epoch's; round 0: the starting model), for its checks
+        torch.save(self.network.state_dict(), partial / "model.pt")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
 
     def _target_density(self, z: int, shape: tuple[int, int]) -> np.ndarray:
         """Target density of slice z: one Gaussian per ground-truth and pseudo point."""
-        return density_map(np.concatenate([self.gt[z], self.pseudo[z]]), shape, self.sigma)
+        return density_map(np.concatenate([self.gt[z], self.pseudo[z]]), shape, self.rule.sigma)
 
     def _install(
         self,
@@ -225,8 +219,9 @@ class PseudoLabelRounds:
         if self.dataset is not None and hasattr(self.dataset, "set_data"):
             self.dataset.set_data(self.items)
 
-    def _log(self, r: int, iteration: int, labels: np.ndarray, estimated_count: float) -> None:
-        """Counts of the round to the log, round_r/summary.json and TensorBoard."""
+    def _log(self, r: int, iteration: int, labels: np.ndarray, estimated_count: float, checks: dict) -> None:
+        """Counts and label-free checks of the round (`checks`: of the model it predicted with, the previous
+        epoch's) to the log, round_r/summary.json and TensorBoard."""
         summary = {
             "round": r + 1,
             "estimated_count": round(float(estimated_count), 1),  # the first round's with fixed_count
@@ -234,20 +229,25 @@ class PseudoLabelRounds:
             "pseudo_points": int(sum(len(p) for p in self.pseudo)),
             "foreground_fraction": float((labels == 1).mean()),
             "ignored_fraction": float((labels == IGNORE_INDEX).mean()),
+            **checks,
+            "outline_rule": ("cut back to the membrane: " if self.snap else "not applied: ") + self.snap_reason
+            if self.rule.snap_to_membranes else "off",
         }
         (self.round_dir(r) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.logger.info(f"pseudo-label round {r + 1}/{self.num_rounds}: {summary}")
         if self._writer is None:
             self._writer = SummaryWriter(log_dir=str(self.output_dir.parent))
         for key, value in summary.items():
-            if key != "round":
+            if key != "round" and isinstance(value, (int, float)):
                 self._writer.add_scalar(f"pseudo_labels/{key}", value, iteration)
         self._writer.flush()
 
     def state_dict(self) -> dict:
         """Round number, pseudo-points and fixed counts (the label files stay in round_r on disk)."""
         counts = torch.as_tensor(self.counts if self.counts is not None else [], dtype=torch.float64)
-        return {"round": self.round, "pseudo_points": torch.as_tensor(stack_points(self.pseudo)), "counts": counts}
+        snap = -1 if self.snap is None else int(self.snap)
+        return {"round": self.round, "pseudo_points": torch.as_tensor(stack_points(self.pseudo)), "counts": counts,
+                "snap": snap, "snap_reason": self.snap_reason}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the round and points and reinstall the last round's labels from disk."""
@@ -255,6 +255,8 @@ class PseudoLabelRounds:
         self.pseudo = points_by_slice(np.asarray(state["pseudo_points"]), len(self.items))
         counts = state.get("counts")  # absent in checkpoints from before fixed_count
         self.counts = [float(c) for c in counts] if counts is not None and len(counts) else None
+        snap = int(state.get("snap", -1))  # absent in checkpoints from before the outline premise: decided again
+        self.snap, self.snap_reason = (None if snap < 0 else bool(snap)), str(state.get("snap_reason", ""))
         if self.round > 0:
             self._install_last_round()
 

@@ -1,0 +1,179 @@
+"""One pseudo-label round as pure functions: what `PseudoLabelRounds` schedules, testable without an engine.
+
+A round of slice z, from the model's TTA prediction (probability, density): count → new density peaks (β) →
+IPL (or threshold / entropy) labels → the density veto on background → the outline rule → the clicked points.
+The outline rule (`snap_to_membranes`) cuts pseudo-label outlines back to a dark membrane; it runs only where the
+volume shows one (`dark_membrane_premise`, tested once per volume on the first round's labels), so that it cannot
+shrink the mitochondria of a volume whose premise fails (dark interiors, inverted contrast, no membrane).
+`slice_checks` / `click_checks` are the label-free checks of a round: held-out click recall and the instance count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from bundle.losses.multitask import IGNORE_INDEX
+from bundle.pseudo_labels.peaks import (
+    confident_peaks,
+    density_background_mask,
+    estimate_count,
+    select_new_peaks,
+)
+from bundle.pseudo_labels.selection import FOREGROUND, add_point_labels, pseudo_label, snap_to_membranes
+
+PROFILE_RADIUS = 8  # px either side of the outline in `membrane_profile`
+MEMBRANE_WITHIN = 4  # px: the darkest ring must lie this close to the outline
+MEMBRANE_DEPTH = 0.15  # z-score units the darkest ring must lie below both the interior and the exterior
+
+
+@dataclass(frozen=True)
+class RoundRule:
+    """The pseudo-label rule of every round (paper III-B, III-C; docs/methods.md).
+
+    Args:
+        beta: share of the slice's count added as new density peaks (pseudo-points) per detection round.
+        detection_rounds: rounds that add pseudo-points.
+        omega_fractions: per round, the share of the count taken as IPL's confident peaks Ω.
+        kind: "ipl", "threshold" or "entropy".
+        label_kwargs: keyword arguments of the pseudo-label function.
+        sigma: Gaussian bandwidth of the target densities (px).
+        peak_min_distance: px between two density peaks, and from a known point to a new one.
+        peak_threshold: lowest density of a peak.
+        density_confirms_background: background only where the density head also sees no instance.
+        point_radius: px of the disk around each clicked point that is foreground in every round.
+        snap_to_membranes: cut outlines back to the membrane where the volume shows one (see module docstring).
+    """
+
+    beta: float = 0.2
+    detection_rounds: int = 4
+    omega_fractions: Sequence[float] = (0.0, 0.5, 0.95, 0.95)
+    kind: str = "ipl"
+    label_kwargs: dict = field(default_factory=dict)
+    sigma: float = 11.0
+    peak_min_distance: int = 7
+    peak_threshold: float = 2e-4
+    density_confirms_background: bool = False
+    point_radius: float = 5.0
+    snap_to_membranes: bool = False
+
+    @property
+    def peaks(self) -> dict:
+        """Keyword arguments of the peak functions."""
+        return {"min_distance": self.peak_min_distance, "threshold_abs": self.peak_threshold}
+
+
+@dataclass
+class SliceRound:
+    """One slice's round: its label before the outline rule and the points, its loss mask, its pseudo-points."""
+
+    label: np.ndarray  # uint8 0 / 1 / IGNORE_INDEX
+    density_mask: np.ndarray  # uint8: where the density loss applies
+    target_density: np.ndarray  # the density the loss teaches: one Gaussian per clicked and pseudo point
+    pseudo_points: np.ndarray  # (M, 2) y, x, the earlier rounds' and this round's new ones
+    count: float  # the count used for β and Ω
+
+
+def label_slice(
+    rule: RoundRule,
+    r: int,
+    probability: np.ndarray,
+    density: np.ndarray,
+    gt_points: np.ndarray,
+    pseudo_points: np.ndarray,
+    count: float | None = None,
+) -> SliceRound:
+    """Round `r` (0-based) of one slice, up to (not including) the outline rule and the clicked points.
+
+    `count` (the fixed count of the first round, with fixed_count) replaces the slice's density estimate for β and Ω.
+    """
+    from bundle.data.density import density_map
+
+    count = estimate_count(density) if count is None else count
+    known = np.concatenate([gt_points, pseudo_points])
+    if r < rule.detection_rounds and rule.beta > 0:
+        new = select_new_peaks(density, known, rule.beta, exclude_radius=rule.peak_min_distance, count=count, **rule.peaks)
+        pseudo_points = np.concatenate([pseudo_points, new]).astype(np.int64)
+    all_points = np.concatenate([gt_points, pseudo_points])
+    background = density_background_mask(density, sigma=rule.sigma, points=all_points, **rule.peaks)
+    target_density = density_map(all_points, density.shape, rule.sigma)
+    mask = ((target_density > 1e-8) | background).astype(np.uint8)
+    if rule.kind == "ipl":
+        fraction = rule.omega_fractions[r]
+        omega = confident_peaks(density, fraction, count=count, **rule.peaks) if fraction > 0 else np.zeros((0, 2), np.int64)
+        label = pseudo_label("ipl", probability, points=omega, density=density, gt_points=gt_points, **rule.label_kwargs)
+    else:
+        label = pseudo_label(rule.kind, probability, **rule.label_kwargs)
+    if rule.density_confirms_background:
+        # cross-task teaching: background only where the detection head also sees no instance nearby
+        label[(label == 0) & ~background] = IGNORE_INDEX
+    return SliceRound(label, mask, target_density, pseudo_points, float(count))
+
+
+def finish_label(label: np.ndarray, image: np.ndarray, gt_points: np.ndarray, rule: RoundRule, snap: bool) -> np.ndarray:
+    """The outline rule (when `snap`: the pixels it cuts off are taught as background), then the clicked points."""
+    if snap:
+        label = snap_to_membranes(label, image)
+    return add_point_labels(label, gt_points, radius=rule.point_radius)
+
+
+def membrane_profile(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], radius: int = PROFILE_RADIUS) -> np.ndarray:
+    """Mean intensity at each signed distance −radius … +radius px from the foreground outlines of `labels`
+    (negative inside), over all slices; NaN where no pixel lies at that distance."""
+    sums, counts = np.zeros(2 * radius + 1), np.zeros(2 * radius + 1)
+    for image, label in zip(images, labels):
+        foreground = np.asarray(label) == FOREGROUND
+        if not foreground.any() or foreground.all():
+            continue
+        inside = ndimage.distance_transform_edt(foreground)
+        outside = ndimage.distance_transform_edt(~foreground)
+        distance = np.rint(np.where(foreground, 0.5 - inside, outside - 0.5)).astype(int)
+        near = np.abs(distance) <= radius
+        np.add.at(sums, distance[near] + radius, np.asarray(image, np.float64)[near])
+        np.add.at(counts, distance[near] + radius, 1)
+    with np.errstate(invalid="ignore"):
+        return sums / counts
+
+
+def dark_membrane_premise(profile: np.ndarray) -> tuple[bool, str]:
+    """Whether an intensity `profile` across the outlines (`membrane_profile`) shows a dark membrane: its darkest
+    ring lies within MEMBRANE_WITHIN px of the outline and MEMBRANE_DEPTH below both the interior and the exterior
+    ends. Returns (holds, the reason in words)."""
+    if not np.all(np.isfinite(profile)):
+        return False, "too few pseudo-labelled mitochondria to see their outlines"
+    radius = len(profile) // 2
+    darkest = int(np.argmin(profile)) - radius
+    interior, exterior, ring = profile[0], profile[-1], float(profile.min())
+    numbers = f"darkest ring {ring:+.2f} at {darkest:+d} px, interior {interior:+.2f}, exterior {exterior:+.2f}"
+    if abs(darkest) > MEMBRANE_WITHIN:
+        where = "inside the mitochondria (dark interiors)" if darkest < 0 else "outside them"
+        return False, f"the darkest ring lies {where}, not at the outline ({numbers})"
+    if ring > min(interior, exterior) - MEMBRANE_DEPTH:
+        return False, f"no ring at the outline is darker than both sides (no dark membrane; {numbers})"
+    return True, f"a dark membrane at the outline ({numbers})"
+
+
+def slice_checks(probability: np.ndarray, density: np.ndarray, clicks: np.ndarray, threshold: float = 0.5,
+                 min_size: int = 16) -> np.ndarray:  # fmt: skip
+    """[held-out clicks inside the predicted foreground, held-out clicks, predicted instances (components of at
+    least `min_size` px), the density head's count] of one slice's prediction; `clicks` are (M, 2) y, x."""
+    foreground = np.asarray(probability) >= threshold
+    components, n = ndimage.label(foreground)
+    instances = int((np.bincount(components.ravel())[1:] >= min_size).sum()) if n else 0
+    hits = int(foreground[clicks[:, 0], clicks[:, 1]].sum()) if len(clicks) else 0
+    return np.array([hits, len(clicks), instances, estimate_count(density)], dtype=np.float64)
+
+
+def click_checks(per_slice: Sequence[np.ndarray]) -> dict:
+    """The label-free checks of a prediction of the adapted slices, from their `slice_checks`: the share of held-out
+    clicks inside the predicted foreground (None without held-out clicks), the instance and density counts."""
+    hits, total, instances, count = np.sum(per_slice, axis=0) if len(per_slice) else np.zeros(4)
+    return {
+        "holdout_clicks": int(total),
+        "holdout_click_recall": round(float(hits / total), 4) if total else None,
+        "instance_count": int(instances),
+        "density_count": round(float(count), 1),
+    }

@@ -1,0 +1,137 @@
+"""The pseudo-label round as pure functions: the outline rule's premise on hand-made images, the label-free checks,
+held-out clicks that never reach training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bundle.data.density import density_map
+from bundle.data.target import split_clicks
+from bundle.handlers import PseudoLabelRounds
+from bundle.pseudo_labels.rounds import (
+    RoundRule,
+    click_checks,
+    dark_membrane_premise,
+    finish_label,
+    membrane_profile,
+    slice_checks,
+)
+
+SIZE, RADIUS = 96, 14
+CENTRES = [(24, 24), (24, 72), (72, 24), (72, 72)]
+
+
+def mitochondria(kind: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(z-scored image, pseudo-label) of four mitochondria of radius RADIUS drawn as `kind`:
+    "membrane": a dark 2-px membrane at the outline, grey interior, bright cytoplasm (EPFL, FAFB);
+    "dark_interior": darkest at the centre, brightening to the outline, no darker ring (the SBEM volume);
+    "inverted": the membrane image with inverted contrast; "no_membrane": flat grey disks on the cytoplasm.
+    The pseudo-label is each disk grown by 2 px, as a source model's too-wide outlines."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    distance = np.min([np.hypot(yy - y, xx - x) for y, x in CENTRES], axis=0)  # to the nearest centre
+    image = np.full((SIZE, SIZE), 1.0)  # cytoplasm
+    inside = distance <= RADIUS
+    if kind in ("membrane", "inverted"):
+        image[inside] = 0.0
+        image[np.abs(distance - RADIUS) <= 1.0] = -1.5
+    elif kind == "dark_interior":
+        image[inside] = -2.0 + 2.5 * distance[inside] / RADIUS  # -2 at the centre, +0.5 at the outline
+    elif kind == "no_membrane":
+        image[inside] = 0.0
+    if kind == "inverted":
+        image = -image
+    image = image + np.random.default_rng(seed).normal(0, 0.1, image.shape)
+    label = (distance <= RADIUS + 2).astype(np.uint8)
+    return ((image - image.mean()) / image.std()).astype(np.float32), label
+
+
+@pytest.mark.parametrize("kind, holds", [("membrane", True), ("dark_interior", False), ("inverted", False),
+                                         ("no_membrane", False)])  # fmt: skip
+def test_the_dark_membrane_premise_is_tested_per_volume(kind: str, holds: bool) -> None:
+    image, label = mitochondria(kind)
+    premise, reason = dark_membrane_premise(membrane_profile([image], [label]))
+    assert premise is holds, reason
+    assert "interior" in reason and "exterior" in reason  # the numbers behind the decision
+
+
+def _rounds(tmp_path: Path, kind: str, holdout: np.ndarray | None = None) -> tuple[PseudoLabelRounds, np.ndarray]:
+    """One round with the outline rule on, over a network that predicts the grown disks confidently."""
+    image, label = mitochondria(kind)
+    probability = np.where(label == 1, 0.95, 0.02)
+    logits = np.stack([np.zeros_like(probability), np.log(probability / (1 - probability))])
+    density = density_map(np.array(CENTRES), (SIZE, SIZE), sigma=5.0)
+    output = torch.as_tensor(np.concatenate([logits, density[None]]), dtype=torch.float32)[None]
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return output
+
+    items = [{"image": image[None]}]
+    rule = RoundRule(beta=0.0, omega_fractions=[1.0], sigma=5.0, peak_min_distance=10, snap_to_membranes=True)
+    rounds = PseudoLabelRounds(items, Fixed(), lambda x, net: net(x), tmp_path / kind, gt_points=np.array([[0, 24, 24]]),
+                               num_rounds=1, rule=rule, tta_views=1, holdout_points=holdout)  # fmt: skip
+    rounds.run_round()
+    return rounds, items[0]["label"][0]
+
+
+def test_the_outline_rule_does_not_shrink_dark_interior_mitochondria(tmp_path: Path) -> None:
+    rounds, labels = _rounds(tmp_path, "dark_interior")
+    _, grown = mitochondria("dark_interior")
+    assert rounds.snap is False
+    assert np.array_equal(labels == 1, grown == 1)  # every pseudo-labelled pixel stays
+    summary = json.loads((tmp_path / "dark_interior" / "round_0" / "summary.json").read_text())
+    assert summary["outline_rule"].startswith("not applied: the darkest ring lies inside the mitochondria")
+
+
+def test_the_outline_rule_cuts_back_to_a_dark_membrane(tmp_path: Path) -> None:
+    rounds, labels = _rounds(tmp_path, "membrane")
+    _, grown = mitochondria("membrane")
+    assert rounds.snap is True
+    assert (labels == 1).sum() < 0.9 * (grown == 1).sum()  # the 2-px overreach is cut back ...
+    state = rounds.state_dict()
+    assert state["snap"] == 1 and "dark membrane" in state["snap_reason"]  # ... and the decision travels
+    fresh, _ = _rounds(tmp_path / "again", "dark_interior")
+    fresh.load_state_dict(state)
+    assert fresh.snap is True
+
+
+def test_finish_label_without_the_rule_only_adds_the_clicks() -> None:
+    image, label = mitochondria("dark_interior")
+    rule = RoundRule(point_radius=3, snap_to_membranes=True)
+    out = finish_label(label.copy(), image, np.array([[48, 48]]), rule, snap=False)
+    assert out[48, 48] == 1 and np.array_equal(out[label == 1], label[label == 1])
+
+
+def test_held_out_clicks_are_scored_never_trained_on(tmp_path: Path) -> None:
+    # a held-out click on a mitochondrion the model misses (no disk there) and one inside a predicted disk
+    holdout = np.array([[0, 48, 48], [0, 72, 72]])
+    rounds, labels = _rounds(tmp_path, "membrane", holdout=holdout)
+    assert labels[48, 48] != 1  # not taught as foreground: only the training clicks are
+    summary = json.loads((tmp_path / "membrane" / "round_0" / "summary.json").read_text())
+    assert summary["holdout_clicks"] == 2 and summary["holdout_click_recall"] == 0.5
+    assert summary["instance_count"] == 4 and summary["density_count"] == pytest.approx(4, abs=0.2)
+
+
+def test_slice_checks_and_their_summary() -> None:
+    probability = np.zeros((32, 32))
+    probability[2:10, 2:10] = 0.9  # one instance of 64 px
+    probability[20, 20] = 0.9  # and a 1-px speck below min_size
+    per_slice = [slice_checks(probability, np.zeros((32, 32)), np.array([[5, 5], [25, 25]]))]
+    assert click_checks(per_slice) == {"holdout_clicks": 2, "holdout_click_recall": 0.5, "instance_count": 1,
+                                       "density_count": 0.0}  # fmt: skip
+    assert click_checks([])["holdout_click_recall"] is None
+
+
+def test_split_clicks_is_seeded_and_keeps_training_clicks() -> None:
+    points = np.column_stack([np.zeros(10, int), np.arange(10), np.arange(10)])
+    train, holdout = split_clicks(points, 0.2, seed=0)
+    again, _ = split_clicks(points, 0.2, seed=0)
+    assert len(train) == 8 and len(holdout) == 2 and np.array_equal(train, again)
+    assert not set(map(tuple, train)) & set(map(tuple, holdout))
+    assert len(split_clicks(points[:1], 0.5)[0]) == 1  # the only click is trained on
+    assert len(split_clicks(points, 0.0)[1]) == 0
