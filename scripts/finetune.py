@@ -20,8 +20,10 @@ import argparse
 import ast
 import json
 import os
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +184,21 @@ def _record(output: Path, settings: dict[str, Any]) -> None:
     _write_json(path, {"settings": settings})
 
 
+def run_step(name: str, step: Callable[[], Any], timings: dict[str, float]) -> None:
+    """Run one step of the fine-tune, timed; an InputError the up-front checks missed stays one line."""
+    from bundle.errors import find_input_error
+
+    begin = time.perf_counter()
+    try:
+        step()
+    except Exception as exc:
+        if find_input_error(exc) is None:
+            raise
+        _fail(str(find_input_error(exc)))
+    timings[name] = time.perf_counter() - begin
+    print(f"mitoda: {name} took {timings[name]:.1f} s", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the tool; return the exit code."""
     args, extra = _parser().parse_known_args(argv)
@@ -204,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         setattr(args, name, _absolute(getattr(args, name)))
     overrides.setdefault("omega_fractions", [0.0, 0.5, 0.95, 0.95, *[0.95] * max(args.num_rounds - 4, 0)])
 
-    from bundle.errors import InputError, find_input_error
+    from bundle.errors import InputError
     from bundle.data.io import parse_slices
     from bundle.data.target import adaptation_checks, write_adaptation_inputs
     from bundle.outputs import claim_output_dir
@@ -235,20 +252,20 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }  # fmt: skip
     for name, step in steps.items():
-        begin = time.perf_counter()
-        try:
-            step()
-        except Exception as exc:  # an InputError the up-front checks missed stays one line
-            if find_input_error(exc) is None:
-                raise
-            _fail(str(find_input_error(exc)))
-        timings[name] = time.perf_counter() - begin
-        print(f"mitoda: {name} took {timings[name]:.1f} s", flush=True)
+        run_step(name, step, timings)
     timings["total"] = time.perf_counter() - start
     record = json.loads((output / SETTINGS_FILE).read_text())
     _, volume, _, holdout, _ = args.adaptation_inputs
     slices = parse_slices(args.slices, len(volume), path="--slices")
     checks = adaptation_checks(output, output / "predictions", slices, holdout)
+    if checks["best_round"] is not None:  # an earlier round's model found more held-out clicks: keep that one
+        kept = output / "pseudo_labels" / f"round_{checks['best_round'] - 1}" / "model.pt"
+        os.replace(output / "model.pt", output / "model_last_epoch.pt")
+        shutil.copyfile(kept, output / "model.pt")
+        print(f"mitoda: kept the model of round {checks['best_round']} ({kept}): more held-out clicks found than by "
+              "the last epoch's (model_last_epoch.pt); predicting again", flush=True)
+        run_step("predict again", steps["predict"], timings)
+        checks = {**adaptation_checks(output, output / "predictions", slices, holdout), "kept_round": checks["best_round"]}
     _write_json(output / SETTINGS_FILE, {**record, "timings_s": timings, "checks": checks})
     print("mitoda: timings: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()))
     for row in [*checks["rounds"], {"round": "final", **checks["final"]}]:

@@ -135,3 +135,14 @@ def test_split_clicks_is_seeded_and_keeps_training_clicks() -> None:
     assert not set(map(tuple, train)) & set(map(tuple, holdout))
     assert len(split_clicks(points[:1], 0.5)[0]) == 1  # the only click is trained on
     assert len(split_clicks(points, 0.0)[1]) == 0
+
+
+def test_best_round_keeps_an_earlier_model_only_when_it_is_clearly_better() -> None:
+    from bundle.data.target import best_round
+
+    rounds = [{"round": 1, "holdout_click_recall": 0.9}, {"round": 2, "holdout_click_recall": 0.8},
+              {"round": 3, "holdout_click_recall": 0.7}]  # fmt: skip
+    assert best_round(rounds, {"holdout_click_recall": 0.6}, 0.05) == 2  # round 2's model beats the last by 0.2
+    assert best_round(rounds, {"holdout_click_recall": 0.78}, 0.05) is None  # within the margin: the last stays
+    assert best_round(rounds[:1], {"holdout_click_recall": 0.1}, 0.05) is None  # never the starting model
+    assert best_round(rounds, {"holdout_click_recall": None}, 0.05) is None  # nothing held out

@@ -79,11 +79,12 @@ def check_polarity(volume: np.ndarray, clicks: np.ndarray, where: str | os.PathL
 
 
 def adaptation_checks(run_dir: str | os.PathLike, prediction_dir: str | os.PathLike, slices: Sequence[int],
-                      holdout: np.ndarray, margin: float = 0.02) -> dict:  # fmt: skip
+                      holdout: np.ndarray, margin: float = 0.05) -> dict:  # fmt: skip
     """The label-free checks of a fine-tune: per round (`run_dir`/pseudo_labels/round_*/summary.json; round 1 is the
     starting model, round r the model after epoch r-1) and of the final model, from its prediction of the adapted
     `slices` (original z; `holdout` the held-out clicks, original z, y, x). A final held-out click recall more than
-    `margin` below the starting model's is a warning: adaptation made the model worse on this volume."""
+    `margin` below the starting model's is a warning: adaptation made the model worse on this volume. `best_round`
+    names a round whose model beat the final one by more than `margin` (see `best_round`)."""
     import tifffile
 
     from bundle.pseudo_labels.rounds import click_checks, slice_checks
@@ -105,4 +106,16 @@ def adaptation_checks(run_dir: str | os.PathLike, prediction_dir: str | os.PathL
         warning = (f"adaptation made the model worse on this volume's held-out clicks (recall {start:.3f} with the "
                    f"starting model, {final['holdout_click_recall']:.3f} after fine-tuning): compare both models' "
                    "predictions before you use this one")  # fmt: skip
-    return {"rounds": rounds, "final": final, "warning": warning}
+    return {"rounds": rounds, "final": final, "warning": warning, "best_round": best_round(rounds, final, margin)}
+
+
+def best_round(rounds: Sequence[dict], final: dict, margin: float) -> int | None:
+    """The round (2…) whose model (the one after epoch round-1) beats the final model's held-out click recall by
+    more than `margin` and most, or None: the final model is kept. Round 1, the starting model, is never chosen
+    (a worse final model is a warning instead); nor is anything without held-out clicks."""
+    last = final.get("holdout_click_recall")
+    scored = [(r["holdout_click_recall"], r["round"]) for r in rounds[1:] if r.get("holdout_click_recall") is not None]
+    if last is None or not scored:
+        return None
+    recall, chosen = max(scored, key=lambda pair: (pair[0], pair[1]))  # ties: the later round
+    return chosen if recall > last + margin else None
