@@ -2,16 +2,19 @@
 
 Example (docs/finetune.md walks through it on the EPFL volume):
     python scripts/finetune.py --target_image VOL --points POINTS.csv --output_dir DIR \
-        [--slices 0-119] [--with_source | --source_image IMG --source_label LBL] \
+        [--slices 0-119] [--pixel_size NM] [--holdout_clicks 0.2] [--with_source | --source_image IMG --source_label LBL] \
         [--val_label LBL --val_slices 120-164] \
         [--checkpoint models/source_model.pt] [--num_iterations 1600] [--KEY VALUE ...]
 
 Source-free by default (configs/source_free.yaml: target batches only, the source model's fixed prototypes in the
-contrastive loss); with source data, the point-supervised adaptation of configs/adapt_wda.yaml. Without --val_label
-the model of the last epoch is the result. Writes DIR/model.pt, DIR/predictions/{probability,density,instances}.tif
-and DIR/finetune.json (settings and timings); running the same command again continues an interrupted run. Any
-other --KEY VALUE overrides that config value of the adaptation (e.g. --tta_views 5). Bad input prints one line
-'mitoda: error: ...' on stderr, exits with code 2 and creates nothing.
+contrastive loss); with source data, the point-supervised adaptation of configs/adapt_wda.yaml. A share of the
+clicks (--holdout_clicks) is held out of training to check every round without labels; without --val_label the
+model of the last epoch is the result, unless an earlier round's found clearly more held-out clicks. A volume at
+another pixel size than the model's is adapted at the model's scale. Writes DIR/model.pt,
+DIR/predictions/{probability,density,instances}.tif, DIR/inputs/ and DIR/finetune.json (settings, timings and the
+checks); running the same command again continues an interrupted run. Any other --KEY VALUE overrides that config
+value of the adaptation (e.g. --tta_views 5). Bad input prints one line 'mitoda: error: ...' on stderr, exits with
+code 2 and creates nothing.
 """
 
 from __future__ import annotations
@@ -81,16 +84,18 @@ def _absolute(path: str | None) -> str | None:
     return path if not path or not path.strip() else os.path.abspath(os.path.expanduser(path))
 
 
-def check_inputs(args: argparse.Namespace, extra: dict[str, Any]) -> dict[str, Any]:
-    """Read and check every input before anything is written; return the adaptation's config overrides."""
+def check_inputs(args: argparse.Namespace, extra: dict[str, Any]) -> tuple[dict[str, Any], tuple]:
+    """Read and check every input before anything is written; return the adaptation's config overrides and what
+    `write_adaptation_inputs` writes once the output folder is claimed (the scale factors, the volume, the training
+    and held-out clicks, the validation labels or None)."""
     import numpy as np
     import torch
 
     from bundle.data.dataset import check_data_root, normalize_slice
     from bundle.data.io import check_same_shape, parse_slices, read_label_instances, read_volume
     from bundle.data.pixel_size import model_scale, scaled_shape
-    from bundle.data.target import check_polarity, split_clicks
     from bundle.data.points import points_in_slices, read_points, validate_points
+    from bundle.data.target import check_polarity, split_clicks
     from bundle.errors import input_error
     from bundle.handlers.prototype_bank import load_source_prototypes
     from bundle.handlers.resume import latest_checkpoint
@@ -134,8 +139,7 @@ def check_inputs(args: argparse.Namespace, extra: dict[str, Any]) -> dict[str, A
     on_slices = points[np.isin(points[:, 0], slices)]
     check_polarity(volume, on_slices, args.points)
     train, holdout = split_clicks(on_slices, args.holdout_clicks)
-    # written into DIR/inputs/ once the output folder is claimed: the clicks split, the volume at the model's scale
-    args.adaptation_inputs = (factors, volume, train, holdout, labels if args.val_label is not None else None)
+    inputs = (factors, volume, train, holdout, labels if args.val_label is not None else None)
     if args.source_image is not None:
         source, source_label = read_volume(args.source_image), read_label_instances(args.source_label)
         check_same_shape(source, source_label, args.source_image, args.source_label)
@@ -153,7 +157,7 @@ def check_inputs(args: argparse.Namespace, extra: dict[str, Any]) -> dict[str, A
         if len(prototypes["source_fg"]) != network.feature_channels:
             raise input_error(args.source_prototypes, "does not fit the network's feature width", "recompute it")
         overrides["source_prototypes"] = args.source_prototypes
-    return {**overrides, **extra}
+    return {**overrides, **extra}, inputs
 
 
 def _configs(source_free: bool) -> list[str]:
@@ -214,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         _fail("pass either --with_source or --source_image/--source_label, not both")
     if args.val_slices is not None and args.val_label is None:
         _fail("--val_slices needs --val_label (the labels of those slices)")
+    if not 0 <= args.holdout_clicks < 1:
+        _fail(f"--holdout_clicks {args.holdout_clicks}: a share of the clicks from 0 (none held out) to below 1, e.g. 0.2")
     if min(args.num_iterations, args.val_interval, args.num_rounds) < 1 or args.num_iterations < args.val_interval:
         _fail("--num_iterations >= --val_interval >= 1 and --num_rounds >= 1 are needed")
     for name in ("target_image", "points", "output_dir", "source_image", "source_label", "dataset_dir",
@@ -221,17 +227,17 @@ def main(argv: list[str] | None = None) -> int:
         setattr(args, name, _absolute(getattr(args, name)))
     overrides.setdefault("omega_fractions", [0.0, 0.5, 0.95, 0.95, *[0.95] * max(args.num_rounds - 4, 0)])
 
-    from bundle.errors import InputError
     from bundle.data.io import parse_slices
+    from bundle.errors import InputError
     from bundle.data.target import adaptation_checks, write_adaptation_inputs
     from bundle.outputs import claim_output_dir
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
     try:
-        settings = check_inputs(args, overrides)
+        settings, inputs = check_inputs(args, overrides)
         claim_output_dir(args.output_dir)
-        settings.update(write_adaptation_inputs(Path(args.output_dir) / "inputs", *args.adaptation_inputs))
+        settings.update(write_adaptation_inputs(Path(args.output_dir) / "inputs", *inputs))
         _record(Path(args.output_dir), {**settings, "configs": [Path(c).name for c in _configs(source_free)]})
     except InputError as exc:
         _fail(str(exc))
@@ -255,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         run_step(name, step, timings)
     timings["total"] = time.perf_counter() - start
     record = json.loads((output / SETTINGS_FILE).read_text())
-    _, volume, _, holdout, _ = args.adaptation_inputs
+    _, volume, _, holdout, _ = inputs
     slices = parse_slices(args.slices, len(volume), path="--slices")
     checks = adaptation_checks(output, output / "predictions", slices, holdout)
     if checks["best_round"] is not None:  # an earlier round's model found more held-out clicks: keep that one

@@ -353,3 +353,14 @@ def test_every_documented_command_uses_known_keys() -> None:
         assert error is None, f"{doc}: {raw}: {error}"
         if files == ["configs/inference.yaml"]:
             assert "input_image" in keys, f"{doc}: {raw}: inference needs --input_image"
+
+
+@pytest.mark.parametrize("value", ["1", "-0.1", "1.5"])
+def test_a_holdout_share_outside_0_1_is_one_line(real_crops: dict[str, Path], tmp_path: Path, value: str) -> None:
+    points = tmp_path / "points.csv"
+    points.write_text("z,y,x\n0,100,100\n")
+    result = subprocess.run([sys.executable, "scripts/finetune.py", "--target_image", str(real_crops["val_image"]),
+                             "--points", str(points), "--output_dir", str(tmp_path / "out"), "--holdout_clicks", value],
+                            cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert_one_line_error(result, "--holdout_clicks")
+    assert not (tmp_path / "out").exists()
