@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -353,6 +354,21 @@ def test_every_documented_command_uses_known_keys() -> None:
         assert error is None, f"{doc}: {raw}: {error}"
         if files == ["configs/inference.yaml"]:
             assert "input_image" in keys, f"{doc}: {raw}: inference needs --input_image"
+
+
+def test_the_model_zoo_page_predict_and_score_commands_run_as_written(real_crops: dict[str, Path], tmp_path: Path) -> None:
+    """docs/README.md's inference and evaluate commands, executed with its placeholders replaced by real crops."""
+    page = [(doc, args) for doc, args in documented_bundle_commands() if doc == "docs/README.md"]
+    chosen = [args for _, args in page if args[1] in ("configs/inference.yaml", "configs/evaluate.yaml")]
+    assert [args[1] for args in chosen] == ["configs/inference.yaml", "configs/evaluate.yaml"], page
+    placeholders = {"VOL.tif": str(real_crops["val_image"]), "LABELS.tif": str(real_crops["val_label"]),
+                    "OUT": str(tmp_path / "out"), "OUT/scores": str(tmp_path / "out" / "scores")}
+    for args in chosen:
+        result = run_bundle(*[placeholders.get(a, a) for a in args])
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert {"probability.tif", "density.tif", "instances.tif"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    scores = json.loads((tmp_path / "out" / "scores" / "metrics.json").read_text())
+    assert 0.5 < scores["dice"] <= 1.0, scores  # models/model.pt on two EPFL validation crops
 
 
 @pytest.mark.parametrize("value", ["1", "-0.1", "1.5"])
