@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job, the product in one command (CPU, about 20 min on 2 cores): fine-tune the shipped source model
+# The main job, the product in one command (CPU, about 23 min on 2 idle cores): fine-tune the shipped source model
 # (models/source_model.pt, trained on VNC III) on the EPFL hippocampus volume from the published 15 % clicks
 # (points/15pct_split1.csv, every 3rd slice of 0-119), then predict and score the held-out slices 120-164 with it
 # and with the source model (NoAdapt), and print both side by side.
