@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -38,6 +38,9 @@ RECORDED_ONLY = ("input_image", "pixel_size", "model_scale")  # settings finetun
 
 
 from bundle.errors import OneLineParser as _Parser, fail as _fail  # noqa: E402
+
+if TYPE_CHECKING:
+    from bundle.data.target import AdaptationInputs  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,10 +87,9 @@ def _absolute(path: str | None) -> str | None:
     return path if not path or not path.strip() else os.path.abspath(os.path.expanduser(path))
 
 
-def check_inputs(args: argparse.Namespace, extra: dict[str, Any]) -> tuple[dict[str, Any], tuple]:
+def check_inputs(args: argparse.Namespace, extra: dict[str, Any]) -> tuple[dict[str, Any], AdaptationInputs]:
     """Read and check every input before anything is written; return the adaptation's config overrides and what
-    `write_adaptation_inputs` writes once the output folder is claimed (the scale factors, the volume, the training
-    and held-out clicks, the validation labels or None)."""
+    `write_adaptation_inputs` writes once the output folder is claimed."""
     import numpy as np
     import torch
 
@@ -95,7 +97,7 @@ def check_inputs(args: argparse.Namespace, extra: dict[str, Any]) -> tuple[dict[
     from bundle.data.io import check_same_shape, parse_slices, read_label_instances, read_volume
     from bundle.data.pixel_size import model_scale, scaled_shape
     from bundle.data.points import points_in_slices, read_points, validate_points
-    from bundle.data.target import check_polarity, split_clicks
+    from bundle.data.target import AdaptationInputs, check_polarity, split_clicks
     from bundle.errors import input_error
     from bundle.handlers.prototype_bank import load_source_prototypes
     from bundle.handlers.resume import latest_checkpoint
@@ -139,7 +141,7 @@ def check_inputs(args: argparse.Namespace, extra: dict[str, Any]) -> tuple[dict[
     on_slices = points[np.isin(points[:, 0], slices)]
     check_polarity(volume, on_slices, args.points)
     train, holdout = split_clicks(on_slices, args.holdout_clicks)
-    inputs = (factors, volume, train, holdout, labels if args.val_label is not None else None)
+    inputs = AdaptationInputs(factors, volume, train, holdout, labels if args.val_label is not None else None)
     if args.source_image is not None:
         source, source_label = read_volume(args.source_image), read_label_instances(args.source_label)
         check_same_shape(source, source_label, args.source_image, args.source_label)
@@ -261,9 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         run_step(name, step, timings)
     timings["total"] = time.perf_counter() - start
     record = json.loads((output / SETTINGS_FILE).read_text())
-    _, volume, _, holdout, _ = inputs
-    slices = parse_slices(args.slices, len(volume), path="--slices")
-    checks = adaptation_checks(output, output / "predictions", slices, holdout)
+    slices = parse_slices(args.slices, len(inputs.image), path="--slices")
+    checks = adaptation_checks(output, output / "predictions", slices, inputs.holdout_clicks)
     if checks["best_round"] is not None:  # an earlier round's model found more held-out clicks: keep that one
         kept = output / "pseudo_labels" / f"round_{checks['best_round'] - 1}" / "model.pt"
         os.replace(output / "model.pt", output / "model_last_epoch.pt")
@@ -271,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mitoda: kept the model of round {checks['best_round']} ({kept}): more held-out clicks found than by "
               "the last epoch's (model_last_epoch.pt); predicting again", flush=True)
         run_step("predict again", steps["predict"], timings)
-        checks = {**adaptation_checks(output, output / "predictions", slices, holdout), "kept_round": checks["best_round"]}
+        checks = {**adaptation_checks(output, output / "predictions", slices, inputs.holdout_clicks),
+                  "kept_round": checks["best_round"]}
     _write_json(output / SETTINGS_FILE, {**record, "timings_s": timings, "checks": checks})
     print("mitoda: timings: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()))
     for row in [*checks["rounds"], {"round": "final", **checks["final"]}]:

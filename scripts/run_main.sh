@@ -22,7 +22,8 @@ for model in noadapt finetuned; do
         --prediction_dir "$RUN_DIR/heldout_$model" --slices 120-164 --output_dir "$RUN_DIR/scores_$model"
 done
 echo
-echo "EPFL slices 120-164 (never adapted on), NoAdapt vs fine-tuned from 124 clicks on 40 slices (99 trained on, 25 held out to check each round):"
+trained=$(($(wc -l < "$RUN_DIR/inputs/train_clicks.csv") - 1)); held=$(($(wc -l < "$RUN_DIR/inputs/holdout_clicks.csv") - 1))
+echo "EPFL slices 120-164 (never adapted on), NoAdapt vs fine-tuned from $((trained + held)) clicks on 40 slices ($trained trained on, $held held out to check each round):"
 $PY scripts/compare_scores.py "NoAdapt (models/source_model.pt)=$RUN_DIR/scores_noadapt" \
     "fine-tuned ($RUN_DIR/model.pt)=$RUN_DIR/scores_finetuned"
 echo

@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,6 +26,16 @@ def split_clicks(points: np.ndarray, fraction: float, seed: int = 0) -> tuple[np
     holdout = np.zeros(len(points), bool)
     holdout[order[:held]] = True
     return points[~holdout], points[holdout]
+
+
+class AdaptationInputs(NamedTuple):
+    """What a fine-tune's input checks read and `write_adaptation_inputs` writes once the output folder is claimed."""
+
+    factors: Sequence[float]  # (y, x) scale to the model's pixel size
+    image: np.ndarray  # the target volume at its own scale
+    train_clicks: np.ndarray
+    holdout_clicks: np.ndarray
+    label: np.ndarray | None = None  # validation labels, when given
 
 
 def write_adaptation_inputs(
@@ -117,5 +128,5 @@ def best_round(rounds: Sequence[dict], final: dict, margin: float) -> int | None
     scored = [(r["holdout_click_recall"], r["round"]) for r in rounds[1:] if r.get("holdout_click_recall") is not None]
     if last is None or not scored:
         return None
-    recall, chosen = max(scored, key=lambda pair: (pair[0], pair[1]))  # ties: the later round
+    recall, chosen = max(scored)  # ties: the later round
     return chosen if recall > last + margin else None
