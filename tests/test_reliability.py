@@ -371,6 +371,21 @@ def test_the_model_zoo_page_predict_and_score_commands_run_as_written(real_crops
     assert 0.5 < scores["dice"] <= 1.0, scores  # models/model.pt on two EPFL validation crops
 
 
+def test_your_own_label_is_scored_whole_and_a_shorter_prediction_is_one_line(tmp_path: Path) -> None:
+    """evaluate.yaml without --slices: EPFL's 120-164 only for EPFL's default labels, never for a label file you name."""
+    pred, out = tmp_path / "pred", tmp_path / "scores"
+    pred.mkdir()
+    tifffile.imwrite(pred / "probability.tif", np.zeros((2, 64, 64), np.float32), photometric="minisblack")
+    tifffile.imwrite(pred / "instances.tif", np.zeros((2, 64, 64), np.uint32), photometric="minisblack")
+    label = np.zeros((5, 64, 64), np.uint16)
+    label[:, 10:20, 10:20] = 1
+    tifffile.imwrite(tmp_path / "label.tif", label, photometric="minisblack")
+    result = run_bundle("--config_file", "configs/evaluate.yaml", "--prediction_dir", str(pred),
+                        "--label", str(tmp_path / "label.tif"), "--output_dir", str(out))  # fmt: skip
+    assert_one_line_error(result, "label.tif", "5 label slices", "the prediction has 2", "--slices")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("value", ["1", "-0.1", "1.5"])
 def test_a_holdout_share_outside_0_1_is_one_line(real_crops: dict[str, Path], tmp_path: Path, value: str) -> None:
     points = tmp_path / "points.csv"
