@@ -3,7 +3,7 @@
     python scripts/bench_contrast.py [--source_free] [--iterations 30] [--warmup 5] [--width 16] [--size 256]
 
 Batch: 2 source (VNC III) + 2 target (EPFL) crops (configs/adapt_wda.yaml), or with --source_free the 2 target crops
-alone and the source model's fixed prototypes (configs/source_free.yaml, the shipped recipe); target pseudo-labels
+alone and the source model's fixed prototypes (configs/finetune.yaml, the shipped recipe); target pseudo-labels
 from the model itself (p >= 0.7 -> 1, p <= 0.3 -> 0, else ignored), point_mask = foreground. The two variants
 alternate in blocks so that load from other processes hits both alike; prints the median ms/iteration of each,
 the overhead, and the time of one k-means refresh.

@@ -37,31 +37,32 @@ sys.path.insert(0, str(REPO))
 from bundle.errors import OneLineParser as _Parser, fail as _fail  # noqa: E402
 
 TRAIN, ORACLE, PAPER = "configs/train.yaml", "configs/oracle.yaml", "configs/recipe_paper.yaml"
-WDA, UDA, CONTRAST = "configs/adapt_wda.yaml", "configs/adapt_uda.yaml", "configs/contrast.yaml"
+# the shipped source-free fine-tune; needs models/source_prototypes.pt, i.e. the CPU recipe's source model
+FINETUNE = "configs/finetune.yaml"
+WDA, UDA = "configs/adapt_wda.yaml", "configs/adapt_uda.yaml"  # with source batches; 0 % points
 CAFA, R4MITO = "configs/adapt_cafa.yaml", "configs/adapt_r4mito.yaml"
-SOURCE_FREE = "configs/source_free.yaml"  # needs models/source_prototypes.pt, i.e. the CPU recipe's source model
 INFERENCE, EVALUATE = "configs/inference.yaml", "configs/evaluate.yaml"
-SOURCE_MODEL = "models/source_model.pt"  # NoAdapt, CPU recipe, seed 0: the default source_checkpoint of adapt_wda.yaml
+SOURCE_MODEL = "models/source_model.pt"  # NoAdapt, CPU recipe, seed 0: the default source_checkpoint of finetune.yaml
 
 # name -> (training configs in order, extra overrides of the training command)
 METHODS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "noadapt": ((TRAIN,), {}),
     "oracle": ((TRAIN, ORACLE), {}),
-    "wda": ((TRAIN, WDA), {}),
-    "wda_threshold": ((TRAIN, WDA), {"pseudo_label_kind": "threshold", "pseudo_label_kwargs": "{}"}),
-    "wda_entropy": ((TRAIN, WDA), {"pseudo_label_kind": "entropy", "pseudo_label_kwargs": "{}"}),
-    "uda": ((TRAIN, WDA, UDA), {}),
-    # source-free (recipe v3, scripts/finetune.py's default): no source batches; the last epoch's model, as there
-    "wda_source_free": ((TRAIN, WDA, CONTRAST, SOURCE_FREE), {"validation": "False"}),
-    "uda_source_free": ((TRAIN, WDA, CONTRAST, SOURCE_FREE, UDA), {"validation": "False"}),
-    "cafa": ((TRAIN, WDA, UDA, CAFA), {}),
-    "r4mito": ((TRAIN, WDA, UDA, CAFA, R4MITO), {}),
-    "contrast": ((TRAIN, WDA, CONTRAST), {}),  # contrast_mode foreground_focused: the method
-    "contrast_none": ((TRAIN, WDA, CONTRAST), {"contrast_mode": "none"}),
-    "contrast_source_only": ((TRAIN, WDA, CONTRAST), {"contrast_mode": "source_only"}),
-    "contrast_target_only": ((TRAIN, WDA, CONTRAST), {"contrast_mode": "target_only"}),
-    "contrast_both_separate": ((TRAIN, WDA, CONTRAST), {"contrast_mode": "both_separate"}),
-    "contrast_background_focused": ((TRAIN, WDA, CONTRAST), {"contrast_mode": "background_focused"}),
+    "wda": ((TRAIN, FINETUNE, WDA), {}),
+    "wda_threshold": ((TRAIN, FINETUNE, WDA), {"pseudo_label_kind": "threshold", "pseudo_label_kwargs": "{}"}),
+    "wda_entropy": ((TRAIN, FINETUNE, WDA), {"pseudo_label_kind": "entropy", "pseudo_label_kwargs": "{}"}),
+    "uda": ((TRAIN, FINETUNE, WDA, UDA), {}),
+    # source-free (scripts/finetune.py's recipe): no source batches; the last epoch's model, as there
+    "wda_source_free": ((TRAIN, FINETUNE), {"validation": "False"}),
+    "uda_source_free": ((TRAIN, FINETUNE, UDA), {"validation": "False"}),
+    "cafa": ((TRAIN, FINETUNE, WDA, UDA, CAFA), {}),
+    "r4mito": ((TRAIN, FINETUNE, WDA, UDA, CAFA, R4MITO), {}),
+    "contrast": ((TRAIN, FINETUNE, WDA), {"contrast_mode": "foreground_focused"}),  # the method
+    "contrast_none": ((TRAIN, FINETUNE, WDA), {"contrast_mode": "none"}),
+    "contrast_source_only": ((TRAIN, FINETUNE, WDA), {"contrast_mode": "source_only"}),
+    "contrast_target_only": ((TRAIN, FINETUNE, WDA), {"contrast_mode": "target_only"}),
+    "contrast_both_separate": ((TRAIN, FINETUNE, WDA), {"contrast_mode": "both_separate"}),
+    "contrast_background_focused": ((TRAIN, FINETUNE, WDA), {"contrast_mode": "background_focused"}),
 }
 METRICS = {"dice": "Dice", "iou": "IoU", "f1": "F1", "mcc": "MCC", "map": "mAP", "aji": "AJI", "pq": "PQ"}
 SLICES = "120-164"
@@ -132,7 +133,12 @@ class Run:
 
 def uses_points(method: str) -> bool:
     """Whether the method trains with target points (WDA and its variants, not UDA)."""
-    return WDA in METHODS[method][0] and UDA not in METHODS[method][0]
+    return FINETUNE in METHODS[method][0] and UDA not in METHODS[method][0]
+
+
+def source_free(method: str) -> bool:
+    """Whether the method adapts without source batches (finetune.yaml without adapt_wda.yaml)."""
+    return FINETUNE in METHODS[method][0] and WDA not in METHODS[method][0]
 
 
 def run_command(command: list[str], log_path: Path) -> tuple[int, int]:
@@ -195,7 +201,7 @@ def run_steps(run: Run, args: argparse.Namespace) -> dict[str, list[str]]:
         train: dict[str, Any] = {"dataset_dir": data, "seed": run.seed, "output_dir": out}
         if run.points is not None:
             train["target_points"] = points_file(data, run.points, run.split)
-        if WDA in configs and run.recipe == "paper":
+        if FINETUNE in configs and run.recipe == "paper":
             train["source_checkpoint"] = args.runs_dir / Run("noadapt", "paper", run.seed).name / "model.pt"
         steps["train"] = bundle_command(python, [*configs, *paper], **train, **extra)
     predict, score = {"checkpoint": checkpoint}, {"slices": SLICES, "dataset_dir": data}
@@ -216,7 +222,7 @@ def run_steps(run: Run, args: argparse.Namespace) -> dict[str, list[str]]:
 def plan(args: argparse.Namespace) -> list[Run]:
     """The runs to do, source models first; stops on a missing points file."""
     methods = list(dict.fromkeys(args.methods))
-    if args.recipe == "paper" and any(WDA in METHODS[m][0] for m in methods) and "noadapt" not in methods:
+    if args.recipe == "paper" and any(FINETUNE in METHODS[m][0] for m in methods) and "noadapt" not in methods:
         methods.insert(0, "noadapt")  # the paper recipe's adaptations start from its own source model
     runs = []
     for method in sorted(methods, key=lambda m: m != "noadapt"):
@@ -552,7 +558,7 @@ def check(args: argparse.Namespace) -> None:
         _fail(f"{args.runs_dir}: is a file; pass a folder as --runs_dir")
     if args.report_only:
         return
-    if args.recipe == "paper" and any(SOURCE_FREE in METHODS[m][0] for m in args.methods):
+    if args.recipe == "paper" and any(source_free(m) for m in args.methods):
         _fail("source-free methods need the prototypes of their source model, and only the CPU recipe's has them "
               "(models/source_prototypes.pt); drop them or use --recipe cpu")  # fmt: skip
     args.dataset_dir = args.dataset_dir.expanduser().resolve()
@@ -566,7 +572,7 @@ def check(args: argparse.Namespace) -> None:
             if not path.exists():
                 _fail(f"{path}: no such file or folder; check --{option}")
             setattr(args, option, str(path))
-    needs_source = any(WDA in METHODS[m][0] for m in args.methods) or (args.reuse_source and "noadapt" in args.methods)
+    needs_source = any(FINETUNE in METHODS[m][0] for m in args.methods) or (args.reuse_source and "noadapt" in args.methods)
     if args.recipe == "cpu" and needs_source and not (REPO / SOURCE_MODEL).is_file():
         _fail(f"{REPO / SOURCE_MODEL}: missing (the CPU recipe's source model); restore it with git checkout")
 

@@ -6,8 +6,8 @@ Example (docs/finetune.md walks through it on the EPFL volume):
         [--val_label LBL --val_slices 120-164] \
         [--checkpoint models/source_model.pt] [--num_iterations 1600] [--KEY VALUE ...]
 
-Source-free by default (configs/source_free.yaml: target batches only, the source model's fixed prototypes in the
-contrastive loss); with source data, the point-supervised adaptation of configs/adapt_wda.yaml. A share of the
+Source-free by default (configs/finetune.yaml, the shipped recipe: target batches only, the source model's fixed
+prototypes in the contrastive loss); with source data, configs/adapt_wda.yaml added after it. A share of the
 clicks (--holdout_clicks) is held out of training to check every round without labels; without --val_label the
 model of the last epoch is the result, unless an earlier round's found clearly more held-out clicks. A volume at
 another pixel size than the model's is adapted at the model's scale. Writes DIR/model.pt,
@@ -145,7 +145,7 @@ def check_inputs(args: argparse.Namespace, extra: dict[str, Any]) -> tuple[dict[
     if args.source_image is not None:
         source, source_label = read_volume(args.source_image), read_label_instances(args.source_label)
         check_same_shape(source, source_label, args.source_image, args.source_label)
-        # every path is given: the data root only has to exist (adapt_wda.yaml checks it)
+        # every path is given: the data root only has to exist (adapt_wda.yaml's prepare checks it)
         overrides.update(source_image=args.source_image, source_label=args.source_label,
                          dataset_dir=str(Path(args.source_image).parent))  # fmt: skip
     elif args.with_source:
@@ -164,7 +164,7 @@ def check_inputs(args: argparse.Namespace, extra: dict[str, Any]) -> tuple[dict[
 
 def _configs(source_free: bool) -> list[str]:
     """The adaptation's config files, in order."""
-    names = ["train", "adapt_wda"] + (["contrast", "source_free"] if source_free else [])
+    names = ["train", "finetune"] + ([] if source_free else ["adapt_wda"])
     return [str(CONFIGS / f"{name}.yaml") for name in names]
 
 

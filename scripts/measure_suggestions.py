@@ -8,7 +8,7 @@
 2. A simulated user: each suggestion lying on a true instance (--label) without a click yet gets a click at that
    instance's centre (distance-transform maximum); any other suggestion is a wasted click. Baseline: k random
    unclicked true instances of the same slices (seeded), clicked at their centres. Both are added to --points.
-3. Each arm continues the adaptation from --checkpoint for a short schedule (configs/adapt_wda.yaml, one
+3. Each arm continues the adaptation from --checkpoint for a short schedule (configs/finetune.yaml + adapt_wda.yaml, one
    pseudo-label round in the regime of the last round: Ω = 95 % of the peaks, β = 0.8 of new detection points,
    Adam from 3e-4 = the poly rate of the original run's last epoch), then predicts and scores --eval_slices.
    Arms: control (no added points), suggested, random. Prints arm, k, useful clicks, Dice, IoU, AJI, PQ.
@@ -145,7 +145,7 @@ def run_arm(args: argparse.Namespace, arm_dir: Path, points: str, slices: list[i
     bundle = [sys.executable, "-m", "monai.bundle", "run", "--dataset_dir", args.dataset_dir]
     if not metrics.is_file():
         if not (arm_dir / "trained").is_file():
-            _step("adapt", [*bundle, "--config_file", "['configs/train.yaml','configs/adapt_wda.yaml']",
+            _step("adapt", [*bundle, "--config_file", "['configs/train.yaml','configs/finetune.yaml','configs/adapt_wda.yaml']",
                   "--source_checkpoint", args.checkpoint, "--target_points", points, "--target_slices", str(slices),
                   "--num_iterations", str(args.num_iterations), "--val_interval", str(args.num_iterations),
                   "--num_rounds", "1", "--omega_fractions", f"[{args.omega}]", "--beta", str(args.beta),

@@ -6,8 +6,8 @@ Example (writes the shipped models/source_prototypes.pt):
 
 Eq. 7 of the main paper for k = s, computed once over the whole source volume (VNC III by default): the mean of the
 L2-normalised decoder features z of the pixels labelled c whose predicted p_c > --delta_easy (0.95, as
-configs/contrast.yaml), seen in 256² tiles (the training crop size). The file holds "source_fg", "source_bg" (D,),
-the pixel counts and the sha256 of the checkpoint; configs/source_free.yaml gives it to the PrototypeBank
+configs/finetune.yaml), seen in 256² tiles (the training crop size). The file holds "source_fg", "source_bg" (D,),
+the pixel counts and the sha256 of the checkpoint; configs/finetune.yaml gives it to the PrototypeBank
 (`fixed_source_prototypes`). Bad input prints one line 'mitoda: error: ...' on stderr, exits with code 2 and writes
 no file.
 """

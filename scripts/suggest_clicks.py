@@ -7,7 +7,7 @@ Example:
 
 The model runs slice by slice with configs/inference.yaml's network and sliding window; the scores are those of
 bundle/pseudo_labels/suggest.py (docs/methods.md, "Where to click next"). --slices takes '0-119', '0,5,7-9' or
-'A-B:S' (every S-th slice of A-B: '0-119:3' are the slices configs/adapt_wda.yaml adapts on); written z values are
+'A-B:S' (every S-th slice of A-B: '0-119:3' are the slices configs/finetune.yaml adapts on); written z values are
 slice indices of --image. The CSV is a napari Points layer (index,axis-0,axis-1,axis-2) or ours (z,y,x), best first.
 Bad input prints one line 'mitoda: error: ...' on stderr, exits with code 2 and writes no file.
 """

@@ -56,7 +56,7 @@ def adapt_command(crops: dict[str, Path], output_dir: Path, iterations: int) -> 
     """A tiny CPU adaptation run (2 iterations per epoch, one pseudo-label round per epoch)."""
     return [
         sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", "['configs/train.yaml','configs/adapt_wda.yaml']",
+        "--config_file", "['configs/train.yaml','configs/finetune.yaml','configs/adapt_wda.yaml']",
         "--dataset_dir", str(crops["root"]),
         "--source_image", str(crops["src_image"]), "--source_label", str(crops["src_label"]),
         "--target_image", str(crops["tgt_image"]), "--target_slices", "all", "--target_points", str(crops["points"]),

@@ -31,7 +31,7 @@ from bundle.networks import MultiTaskUNet
 from tests.helpers import REPO
 from tests.test_adaptation import adapt_command, crops  # noqa: F401 - the real-crop fixture of the adaptation tests
 
-UDA = ["configs/train.yaml", "configs/adapt_wda.yaml", "configs/adapt_uda.yaml"]
+UDA = ["configs/train.yaml", "configs/finetune.yaml", "configs/adapt_wda.yaml", "configs/adapt_uda.yaml"]
 CAFA_CONFIGS = [*UDA, "configs/adapt_cafa.yaml"]
 R4MITO_CONFIGS = [*CAFA_CONFIGS, "configs/adapt_r4mito.yaml"]
 

@@ -183,13 +183,14 @@ def test_dry_run_prints_commands_only(tmp_path, fake, capsys) -> None:
     assert main(tmp_path, "--methods", *methods, "--recipe", "paper", "--dry_run") == 0
     out = capsys.readouterr().out
     assert fake.calls == [] and not (tmp_path / "runs").exists() and not (tmp_path / "results.md").exists()
-    assert "--config_file \"['configs/train.yaml','configs/adapt_wda.yaml','configs/recipe_paper.yaml']\"" in out
+    assert "--config_file \"['configs/train.yaml','configs/finetune.yaml','configs/adapt_wda.yaml','configs/recipe_paper.yaml']\"" in out
     assert "--source_checkpoint " + str(tmp_path / "runs" / "noadapt-paper-seed0" / "model.pt") in out
     assert "--pseudo_label_kind entropy --pseudo_label_kwargs \"{}\"" in out and "--contrast_mode both_separate" in out
     assert out.count("# ") == len(methods)
     assert main(tmp_path, "--methods", "wda_source_free", "uda_source_free", "--dry_run") == 0
     out = capsys.readouterr().out
-    assert out.count("configs/source_free.yaml") == 2 and out.count("--validation False") == 2
+    assert out.count("'configs/train.yaml','configs/finetune.yaml'") == 2 and out.count("--validation False") == 2
+    assert "adapt_wda.yaml" not in out  # source-free: no source batches
     assert out.count("--target_points") == 1  # the UDA variant has no points
 
 

@@ -225,8 +225,7 @@ def test_contrast_config_short_run(crops: dict[str, Path], tmp_path: Path) -> No
     """The contrast config runs end to end on real crops (4 iterations, clusters refitted at 1, 2 and 4)."""
     run_dir = tmp_path / "run"
     command = adapt_command(crops, run_dir, iterations=4)
-    command[command.index("--config_file") + 1] = "['configs/train.yaml','configs/adapt_wda.yaml','configs/contrast.yaml']"
-    command += ["--refresh_interval", "2", "--num_queries", "64"]
+    command += ["--contrast_mode", "foreground_focused", "--refresh_interval", "2", "--num_queries", "64"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
@@ -236,6 +235,27 @@ def test_contrast_config_short_run(crops: dict[str, Path], tmp_path: Path) -> No
     assert bank["clusters"]["target_bg_kmeans"].shape == (2, 16)  # untrained model: no confident source_fg
     assert torch.isfinite(bank["prototypes"]["target_pl_bg"]).all()
     assert (run_dir / "pseudo_labels" / "round_1" / "point_mask.tif").is_file()
+
+
+def test_the_shipped_finetune_config_runs_alone_on_the_target(crops: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
+    """configs/finetune.yaml, the one file of the shipped recipe, runs with train.yaml alone: target-only batches, the
+    given source prototypes fixed, no source volume named or read (its paths point nowhere)."""
+    prototypes = {"source_fg": torch.randn(16), "source_bg": torch.randn(16)}
+    torch.save(prototypes, tmp_path / "prototypes.pt")
+    run_dir = tmp_path / "run"
+    command = adapt_command(crops, run_dir, iterations=4)
+    command[command.index("--config_file") + 1] = "['configs/train.yaml','configs/finetune.yaml']"
+    for key in ("--source_image", "--source_label"):
+        command[command.index(key) + 1] = str(tmp_path / "no_such_source")
+    command += ["--source_prototypes", str(tmp_path / "prototypes.pt"), "--num_queries", "64"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    bank = torch.load(run_dir / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)["prototypes"]
+    assert bank["fixed"] == ["source_bg", "source_fg"]
+    assert all(torch.equal(bank["prototypes"][k], v) for k, v in prototypes.items())
+    summary = (run_dir / "pseudo_labels" / "round_1" / "summary.json").read_text()
+    assert '"outline_rule": "' in summary and '"outline_rule": "off"' not in summary  # snap_to_membranes is on
 
 
 @pytest.mark.parametrize("source_free", [False, True])

@@ -31,7 +31,7 @@ def torchrun(bundle_command: list[str], config_files: str) -> str:
 
 def test_adaptation_ranks_install_the_same_pseudo_labels(crops: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
     run_dir = tmp_path / "run"
-    configs = "['configs/train.yaml','configs/adapt_wda.yaml','configs/multi_gpu_train.yaml']"
+    configs = "['configs/train.yaml','configs/finetune.yaml','configs/adapt_wda.yaml','configs/multi_gpu_train.yaml']"
     log = torchrun(adapt_command(crops, run_dir, iterations=4), configs)
     installed: dict[int, dict[int, str]] = {}
     for round_, rank, md5 in INSTALLED.findall(log):

@@ -11,7 +11,7 @@ from monai.inferers import SlidingWindowInferer
 
 from bundle.data.density import centre_density, density_map, instance_centres
 from bundle.losses import IGNORE_INDEX, MultiTaskLoss
-from bundle.networks import MultiTaskUNet
+from bundle.networks import MultiTaskUNet, forward_with_features
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def test_forward_is_one_tensor_with_nonnegative_density(network: MultiTaskUNet) 
     out = network(x)
     assert out.shape == (2, 3, 64, 96)
     assert torch.all(out[:, 2] >= 0)
-    same, features = network.forward_with_features(x)
+    same, features = forward_with_features(network, x)
     assert torch.allclose(same, out) and features.shape == (2, network.feature_channels, 64, 96)
 
 

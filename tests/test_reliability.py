@@ -103,7 +103,7 @@ def test_inference_needs_its_input(tmp_path: Path) -> None:
 
 
 def test_override_keys_are_checked_against_every_config_of_the_run() -> None:
-    stack = [REPO / "configs" / name for name in ("train.yaml", "adapt_wda.yaml")]
+    stack = [REPO / "configs" / name for name in ("train.yaml", "finetune.yaml", "adapt_wda.yaml")]
     assert unknown_override(["target_points", "validate#inferer#overlap", "train#handlers#0"], stack) is None
     error = unknown_override(["tta_view"], stack)
     assert "--tta_view" in str(error) and "did you mean --tta_views" in str(error)

@@ -18,6 +18,7 @@ from bundle.pseudo_labels.rounds import (
     click_checks,
     dark_membrane_premise,
     finish_label,
+    label_round,
     membrane_profile,
     slice_checks,
 )
@@ -105,6 +106,38 @@ def test_finish_label_without_the_rule_only_adds_the_clicks() -> None:
     rule = RoundRule(point_radius=3, snap_to_membranes=True)
     out = finish_label(label.copy(), image, np.array([[48, 48]]), rule, snap=False)
     assert out[48, 48] == 1 and np.array_equal(out[label == 1], label[label == 1])
+
+
+def test_a_whole_round_is_a_function_of_predictions_images_and_points() -> None:
+    """`label_round` without an engine or network: one slice's prediction at a time, the outline decision taken on the
+    first round and passed on, fixed counts honoured, held-out clicks scored and never labelled."""
+    image, grown = mitochondria("membrane")
+    probability = np.where(grown == 1, 0.95, 0.02).astype(np.float32)  # a model whose outlines reach 2 px too far
+    centres = np.array(CENTRES)
+    density = density_map(centres, image.shape, 11.0).astype(np.float32)
+    consumed = []
+
+    def predictions():  # a generator, as the handler's: the round must not need every slice at once
+        for z in range(2):
+            consumed.append(z)
+            yield probability, density
+
+    rule = RoundRule(beta=0.0, omega_fractions=(0.95,), snap_to_membranes=True, point_radius=3, peak_min_distance=7)
+    gt, none = [centres[:1], centres[:1]], [np.zeros((0, 2), np.int64)] * 2
+    holdout = [np.array([[48, 48], list(CENTRES[3])]), np.zeros((0, 2), np.int64)]
+    first = label_round(rule, 0, predictions(), [image, image], gt, none, holdout, counts=[4.0, 4.0])
+    assert consumed == [0, 1] and first.labels.shape == (2, SIZE, SIZE) and first.counts == [4.0, 4.0]
+    assert first.snap is True and "dark membrane" in first.snap_reason
+    assert (first.labels[0] == 1).sum() < 0.9 * (grown == 1).sum()  # the outline rule cut the overreach back
+    assert first.labels[0][48, 48] != 1  # a held-out click is scored, never taught
+    assert first.checks["holdout_clicks"] == 2 and first.checks["holdout_click_recall"] == 0.5
+    assert first.point_masks[0][tuple(CENTRES[0])] == 1 and first.point_masks[0][tuple(CENTRES[3])] == 0
+    kept = label_round(rule, 0, predictions(), [image, image], gt, none, holdout, counts=[4.0, 4.0], snap=False,
+                       snap_reason="earlier")  # fmt: skip
+    assert kept.snap is False and kept.snap_reason == "earlier"  # an earlier decision is not taken again
+    assert (kept.labels[0] == 1).sum() > (first.labels[0] == 1).sum()  # and without the rule nothing is cut
+    with pytest.raises(ValueError, match="2 predictions for 3 slices"):
+        label_round(rule, 0, predictions(), [image] * 3, gt * 2, none * 2, holdout * 2)
 
 
 def test_held_out_clicks_are_scored_never_trained_on(tmp_path: Path) -> None:

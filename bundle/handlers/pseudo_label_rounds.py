@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -22,15 +22,7 @@ from bundle.data.density import density_map
 from bundle.data.io import read_volume, write_tiff
 from bundle.losses.multitask import IGNORE_INDEX
 from bundle.pseudo_labels import tta_predict
-from bundle.pseudo_labels.rounds import (
-    RoundRule,
-    click_checks,
-    dark_membrane_premise,
-    finish_label,
-    label_slice,
-    membrane_profile,
-    slice_checks,
-)
+from bundle.pseudo_labels.rounds import RoundRule, label_round
 from bundle.pseudo_labels.selection import instances_with_points
 
 
@@ -152,33 +144,33 @@ class PseudoLabelRounds:
 
     @torch.no_grad()
     def run_round(self, iteration: int = 0) -> None:
-        """Compute, write and install the pseudo-labels of round `self.round`."""
+        """Predict the target slices, label them (`label_round`), write and install round `self.round`."""
         r = self.round
         was_training = self.network.training
         self.network.eval()
-        slices, checks = [], []
-        for z, item in enumerate(self.items):
-            image = torch.as_tensor(item["image"], dtype=torch.float32, device=self.device)[None]
-            probability, density = (t[0, 0].cpu().numpy() for t in tta_predict(self.network, image, self.inferer, self.tta_views))
-            count = self.counts[z] if self.fixed_count and self.counts is not None else None
-            slices.append(label_slice(self.rule, r, probability, density, self.gt[z], self.pseudo[z], count=count))
-            self.pseudo[z] = slices[-1].pseudo_points
-            checks.append(slice_checks(probability, density, self.holdout[z]))
-        self.network.train(was_training)
         images = [np.asarray(item["image"])[0] for item in self.items]
+        counts = self.counts if self.fixed_count else None
+        result = label_round(self.rule, r, self._predictions(), images, self.gt, self.pseudo, self.holdout,
+                             counts=counts, snap=self.snap, snap_reason=self.snap_reason)  # fmt: skip
+        self.network.train(was_training)
         if self.rule.snap_to_membranes and self.snap is None:  # decided once per volume, on the first round's labels
-            self.snap, self.snap_reason = dark_membrane_premise(membrane_profile(images, [s.label for s in slices]))
-            decision = "cut back to the membrane" if self.snap else "left as they are"
-            self.logger.info(f"outline rule: pseudo-label outlines {decision}: {self.snap_reason}")
-        labels = np.stack([finish_label(s.label, image, gt, self.rule, bool(self.snap)) for s, image, gt in zip(slices, images, self.gt)])
+            decision = "cut back to the membrane" if result.snap else "left as they are"
+            self.logger.info(f"outline rule: pseudo-label outlines {decision}: {result.snap_reason}")
+        self.snap, self.snap_reason, self.pseudo = result.snap, result.snap_reason, result.pseudo_points
         if self.fixed_count and self.counts is None:
-            self.counts = [s.count for s in slices]
-        point_masks = np.stack([instances_with_points(label, gt) for label, gt in zip(labels, self.gt)])
-        masks = [s.density_mask for s in slices]
-        self._write_round(r, labels, np.stack(masks), point_masks)
+            self.counts = result.counts
+        self._write_round(r, result.labels, result.density_masks, result.point_masks)
         self.round = r + 1
-        self._install(labels, masks, [s.target_density for s in slices], point_masks)
-        self._log(r, iteration, labels, sum(s.count for s in slices), click_checks(checks))
+        self._install(result.labels, result.density_masks, result.target_densities, result.point_masks)
+        self._log(r, iteration, result.labels, sum(result.counts), result.checks)
+
+    @torch.no_grad()
+    def _predictions(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The network's TTA (probability, density) of each target slice, one slice at a time."""
+        for item in self.items:
+            image = torch.as_tensor(item["image"], dtype=torch.float32, device=self.device)[None]
+            probability, density = tta_predict(self.network, image, self.inferer, self.tta_views)
+            yield probability[0, 0].cpu().numpy(), density[0, 0].cpu().numpy()
 
     def _write_round(self, r: int, labels: np.ndarray, masks: np.ndarray, point_masks: np.ndarray | None = None) -> None:
         """Write labels.tif, density_mask.tif, point_mask.tif, pseudo_points.csv, previews and the model that

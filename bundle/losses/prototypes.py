@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bundle.networks.multitask_unet import SEG_CHANNELS
+from bundle.networks.multitask_unet import SEG_CHANNELS, forward_with_features
 
 
 def masked_mean(features: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -111,7 +111,7 @@ def tile_prototypes(
         for y in _tile_starts(image.shape[-2], tile):
             crops = torch.stack([image[..., y : y + tile, x : x + tile] for x in xs]).float().to(device)
             labels = torch.stack([label[..., y : y + tile, x : x + tile] for x in xs]).to(device)
-            output, features = network.forward_with_features(crops)
+            output, features = forward_with_features(network, crops)
             probability, scale = torch.softmax(output[:, list(SEG_CHANNELS)], dim=1), inverse_norms(features)
             for c in (0, 1):
                 mask = confident(labels, probability, c, delta_easy)

@@ -67,11 +67,20 @@ class MultiTaskUNet(nn.Module):
         density = F.softplus(self.density_head(features)) / self.density_scale
         return torch.cat([self.seg_head(features), density], dim=1)
 
-    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(forward output, decoder features) in one pass, for losses that need the features."""
-        features = self.decode(x)
-        return self.heads(features), features
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W): channels 0-1 segmentation logits, channel 2 centre density (instances per pixel)."""
         return self.heads(self.decode(x))
+
+
+def forward_with_features(network: nn.Module, x: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output, decoder features) of a `MultiTaskUNet` in one pass, for losses that need the features. The pass is the
+    network's own call, so that a DistributedDataParallel wrapper sees it and syncs the gradients; the features are
+    what the segmentation head receives."""
+    module = network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
+    captured: list[torch.Tensor] = []
+    handle = module.seg_head.register_forward_pre_hook(lambda _, inputs: captured.append(inputs[0]))
+    try:
+        output = network(x, *args, **kwargs)
+    finally:
+        handle.remove()
+    return output, captured[-1]

@@ -1,7 +1,8 @@
 """One pseudo-label round as pure functions: what `PseudoLabelRounds` schedules, testable without an engine.
 
-A round of slice z, from the model's TTA prediction (probability, density): count → new density peaks (β) →
-IPL (or threshold / entropy) labels → the density veto on background → the outline rule → the clicked points.
+`label_round` is a whole round of the target volume. For slice z, from the model's TTA prediction (probability,
+density): count → new density peaks (β) → IPL (or threshold / entropy) labels → the density veto on background →
+the outline rule → the clicked points (`label_slice`, then `finish_label`).
 The outline rule (`snap_to_membranes`) cuts pseudo-label outlines back to a dark membrane; it runs only where the
 volume shows one (`dark_membrane_premise`, tested once per volume on the first round's labels), so that it cannot
 shrink the mitochondria of a volume whose premise fails (dark interiors, inverted contrast, no membrane).
@@ -10,7 +11,7 @@ shrink the mitochondria of a volume whose premise fails (dark interiors, inverte
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +24,13 @@ from bundle.pseudo_labels.peaks import (
     estimate_count,
     select_new_peaks,
 )
-from bundle.pseudo_labels.selection import FOREGROUND, add_point_labels, pseudo_label, snap_to_membranes
+from bundle.pseudo_labels.selection import (
+    FOREGROUND,
+    add_point_labels,
+    instances_with_points,
+    pseudo_label,
+    snap_to_membranes,
+)
 
 PROFILE_RADIUS = 8  # px either side of the outline in `membrane_profile`
 MEMBRANE_WITHIN = 4  # px: the darkest ring must lie this close to the outline
@@ -118,6 +125,70 @@ def finish_label(label: np.ndarray, image: np.ndarray, gt_points: np.ndarray, ru
     if snap:
         label = snap_to_membranes(label, image)
     return add_point_labels(label, gt_points, radius=rule.point_radius)
+
+
+@dataclass
+class VolumeRound:
+    """A whole round of the target slices: what `PseudoLabelRounds` writes to round_r and installs."""
+
+    labels: np.ndarray  # (Z, Y, X) uint8 0 / 1 / IGNORE_INDEX: the labels the next epoch trains on
+    density_masks: np.ndarray  # (Z, Y, X) uint8: where the density loss applies
+    point_masks: np.ndarray  # (Z, Y, X) uint8: the label instances that hold a clicked point
+    target_densities: list[np.ndarray]  # per slice: one Gaussian per clicked and pseudo point
+    pseudo_points: list[np.ndarray]  # per slice (M, 2) y, x: the earlier rounds' and this round's new ones
+    counts: list[float]  # per slice: the count used for β and Ω
+    snap: bool | None  # the outline rule's decision for the volume (None: the rule is off)
+    snap_reason: str
+    checks: dict  # `click_checks` of the predictions (the model the round predicted with)
+
+
+def label_round(
+    rule: RoundRule,
+    r: int,
+    predictions: Iterable[tuple[np.ndarray, np.ndarray]],
+    images: Sequence[np.ndarray],
+    gt_points: Sequence[np.ndarray],
+    pseudo_points: Sequence[np.ndarray],
+    holdout_points: Sequence[np.ndarray],
+    counts: Sequence[float] | None = None,
+    snap: bool | None = None,
+    snap_reason: str = "",
+) -> VolumeRound:
+    """Round `r` (0-based) of every target slice.
+
+    Args:
+        rule: the pseudo-label rule.
+        r: the round.
+        predictions: per slice, the model's TTA (probability, density), consumed one slice at a time (a generator
+            keeps one slice's prediction in memory).
+        images: the normalised (Y, X) slices (the outline rule reads them).
+        gt_points, pseudo_points, holdout_points: per slice (M, 2) y, x: the clicks trained on, the pseudo-points of
+            the earlier rounds, the held-out clicks (only scored).
+        counts: per slice, the count to use for β and Ω (fixed_count: the first round's); None: each slice's own.
+        snap, snap_reason: the outline decision of an earlier round; None: decided here, on this round's labels
+            before the rule, when `rule.snap_to_membranes` (once per volume: the caller keeps it).
+    """
+    slices, per_slice_checks = [], []
+    for z, (probability, density) in enumerate(predictions):
+        count = None if counts is None else counts[z]
+        slices.append(label_slice(rule, r, probability, density, gt_points[z], pseudo_points[z], count=count))
+        per_slice_checks.append(slice_checks(probability, density, holdout_points[z]))
+    if len(slices) != len(images):
+        raise ValueError(f"{len(slices)} predictions for {len(images)} slices")
+    if rule.snap_to_membranes and snap is None:
+        snap, snap_reason = dark_membrane_premise(membrane_profile(images, [s.label for s in slices]))
+    labels = np.stack([finish_label(s.label, image, gt, rule, bool(snap)) for s, image, gt in zip(slices, images, gt_points)])
+    return VolumeRound(
+        labels=labels,
+        density_masks=np.stack([s.density_mask for s in slices]),
+        point_masks=np.stack([instances_with_points(label, gt) for label, gt in zip(labels, gt_points)]),
+        target_densities=[s.target_density for s in slices],
+        pseudo_points=[s.pseudo_points for s in slices],
+        counts=[s.count for s in slices],
+        snap=snap if rule.snap_to_membranes else None,
+        snap_reason=snap_reason,
+        checks=click_checks(per_slice_checks),
+    )
 
 
 def membrane_profile(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], radius: int = PROFILE_RADIUS) -> np.ndarray:
