@@ -339,6 +339,9 @@ def test_snap_to_membranes_cuts_a_too_wide_outline_back_to_the_dark_ring() -> No
     assert (snapped[(radius > 10.5) & (radius <= 12.5)] == 0).all()  # cut-off pixels are background
     assert (snapped[(radius > 12.5) & (radius <= 30)] == 255).all() and (snapped[radius > 30] == 0).all()  # rest kept
     assert not ((snapped == 1) & (label != 1)).any()  # it only shrinks
+    kept = snap_to_membranes(label, image, margin=1) == 1  # the margin keeps one more ring beyond the cut
+    assert kept[radius <= 10.5].all() and not kept[radius > 11.9].any() and kept.sum() > inside.sum()
+    assert not (kept & (label != 1)).any()
     empty = np.zeros((8, 8), np.uint8)
     np.testing.assert_array_equal(snap_to_membranes(empty, np.ones((8, 8))), empty)
     with pytest.raises(ValueError, match="shape"):

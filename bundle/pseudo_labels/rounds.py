@@ -53,6 +53,7 @@ class RoundRule:
         density_confirms_background: background only where the density head also sees no instance.
         point_radius: px of the disk around each clicked point that is foreground in every round.
         snap_to_membranes: cut outlines back to the membrane where the volume shows one (see module docstring).
+        outline_margin: px of the pseudo-label the cut keeps beyond the membrane's darkest ridge (0: cut at the ridge).
     """
 
     beta: float = 0.2
@@ -66,6 +67,7 @@ class RoundRule:
     density_confirms_background: bool = False
     point_radius: float = 5.0
     snap_to_membranes: bool = False
+    outline_margin: int = 0
 
     @property
     def peaks(self) -> dict:
@@ -123,7 +125,7 @@ def label_slice(
 def finish_label(label: np.ndarray, image: np.ndarray, gt_points: np.ndarray, rule: RoundRule, snap: bool) -> np.ndarray:
     """The outline rule (when `snap`: the pixels it cuts off are taught as background), then the clicked points."""
     if snap:
-        label = snap_to_membranes(label, image)
+        label = snap_to_membranes(label, image, margin=rule.outline_margin)
     return add_point_labels(label, gt_points, radius=rule.point_radius)
 
 

@@ -152,13 +152,15 @@ def add_point_labels(label: np.ndarray, points: np.ndarray | None, radius: float
 
 
 def snap_to_membranes(
-    label: np.ndarray, image: np.ndarray, erode: int = 3, ring: int = 10, sigma: float = 1.0
+    label: np.ndarray, image: np.ndarray, erode: int = 3, ring: int = 10, sigma: float = 1.0, margin: int = 0
 ) -> np.ndarray:
     """Copy of `label` whose foreground (1) pixels beyond their mitochondrion's membrane become background (0).
 
     EM stains membranes dark: a marker watershed of the smoothed image (elevation = −intensity, so that basins meet
     on the darkest ridge) grows the foreground eroded by `erode` px against everything farther than `ring` px from
-    it; foreground pixels the outside basin takes become background. Only shrinks: no pixel becomes foreground.
+    it; foreground pixels the outside basin takes become background, except those within `margin` px of the inside
+    basin (the outer part of the membrane, where labels may draw the outline). Only shrinks: no pixel becomes
+    foreground.
     """
     label, image = _check_slice(label, "label"), _check_slice(image, "image")
     if label.shape != image.shape:
@@ -170,6 +172,8 @@ def snap_to_membranes(
     markers[~ndimage.binary_dilation(foreground, iterations=ring)] = 1
     markers[ndimage.binary_erosion(foreground, iterations=erode)] = 2
     inside = watershed(-ndimage.gaussian_filter(image.astype(np.float64), sigma), markers) == 2
+    if margin > 0:
+        inside = ndimage.binary_dilation(inside, iterations=margin)
     snapped = label.copy()
     snapped[foreground & ~inside] = BACKGROUND
     return snapped
