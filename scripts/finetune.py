@@ -222,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         _fail("--val_slices needs --val_label (the labels of those slices)")
     if not 0 <= args.holdout_clicks < 1:
         _fail(f"--holdout_clicks {args.holdout_clicks}: a share of the clicks from 0 (none held out) to below 1, e.g. 0.2")
+    margin = overrides.get("outline_margin", 0)
+    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+        _fail(f"--outline_margin {margin}: a whole number of pixels from 0 (cut at the membrane's ridge), e.g. 1")
     if min(args.num_iterations, args.val_interval, args.num_rounds) < 1 or args.num_iterations < args.val_interval:
         _fail("--num_iterations >= --val_interval >= 1 and --num_rounds >= 1 are needed")
     for name in ("target_image", "points", "output_dir", "source_image", "source_label", "dataset_dir",

@@ -124,6 +124,18 @@ def test_bad_input_one_line_and_no_output(case: str, inputs: dict[str, Path], tm
     assert output.exists() == existed and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("margin", ["-1", "1.5", "wide"])
+def test_a_bad_outline_margin_is_one_line_and_writes_nothing(margin: str, inputs: dict[str, Path], tmp_path: Path,
+                                                             capsys) -> None:  # fmt: skip
+    argv = ["--target_image", str(inputs["target_image"]), "--points", str(inputs["points"]),
+            "--output_dir", str(tmp_path / "out"), "--outline_margin", margin]  # fmt: skip
+    with pytest.raises(SystemExit) as info:
+        _script("finetune").main(argv)
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "\n" not in err and err.startswith("mitoda: error: --outline_margin"), err
+    assert not (tmp_path / "out").exists()
+
+
 def _target_batch() -> dict[str, torch.Tensor]:
     """One target sample of 32x32: a foreground square with a ground-truth point, background, an ignored band."""
     label = torch.zeros(1, 32, 32)
