@@ -7,7 +7,8 @@ Reads PRED/probability.tif and PRED/density.tif (configs/inference.yaml's output
 and prints: Dice at foreground thresholds 0.5-0.9; Dice after eroding the foreground by 1-3 px (an outline
 systematically too wide gains, a right one loses); at 0.5, false positives in components that touch a true
 mitochondrion (outline) or not (look-alikes), and how far outline ones lie from the truth; false negatives in
-instances the prediction touches (partial) or not (missed); and, for the components of p >= 0.7 (IPL's), the
+instances the prediction touches (partial; of them, those within 2 px of the predicted foreground, a rim at the
+outline, and those beyond 5 px, chunks the prediction misses) or not (missed); and, for the components of p >= 0.7 (IPL's), the
 density mass of look-alikes vs true ones (what `unsupported_background_mass` could remove).
 """
 
@@ -37,6 +38,7 @@ def error_split(probability: np.ndarray, instances: np.ndarray, radii: tuple[int
     truth, mask = instances > 0, probability >= 0.5
     out = {"tp": int((mask & truth).sum()), "fp_outline": 0, "fp_lookalike": 0, "fn_partial": 0, "fn_missed": 0}
     out.update({f"fp_within_{r}px": 0 for r in radii})
+    out.update({"fn_partial_rim_2px": 0, "fn_partial_beyond_5px": 0})
     for z in range(len(mask)):
         components = connected_components(mask[z], connectivity=1)
         touching = np.isin(components, np.unique(components[truth[z]]))  # label 0 is background: never counted
@@ -47,7 +49,11 @@ def error_split(probability: np.ndarray, instances: np.ndarray, radii: tuple[int
         for r in radii:
             out[f"fp_within_{r}px"] += int((false_positive & (distance <= r)).sum())
         hit = np.isin(instances[z], np.unique(instances[z][mask[z]]))
-        out["fn_partial"] += int((truth[z] & ~mask[z] & hit).sum())
+        partial = truth[z] & ~mask[z] & hit
+        out["fn_partial"] += int(partial.sum())
+        from_prediction = ndimage.distance_transform_edt(~mask[z])  # a rim at the outline vs missed chunks
+        out["fn_partial_rim_2px"] += int((partial & (from_prediction <= 2)).sum())
+        out["fn_partial_beyond_5px"] += int((partial & (from_prediction > 5)).sum())
         out["fn_missed"] += int((truth[z] & ~hit).sum())
     return out
 

@@ -222,9 +222,13 @@ def main(argv: list[str] | None = None) -> int:
         _fail("--val_slices needs --val_label (the labels of those slices)")
     if not 0 <= args.holdout_clicks < 1:
         _fail(f"--holdout_clicks {args.holdout_clicks}: a share of the clicks from 0 (none held out) to below 1, e.g. 0.2")
-    margin = overrides.get("outline_margin", 0)
-    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
-        _fail(f"--outline_margin {margin}: a whole number of pixels from 0 (cut at the membrane's ridge), e.g. 1")
+    from bundle.errors import InputError
+    from bundle.pseudo_labels.rounds import RoundRule
+
+    try:  # the rule checks its own values; here before anything is written
+        RoundRule(outline_margin=overrides.get("outline_margin", 0))
+    except InputError as error:
+        _fail(f"--{error}")
     if min(args.num_iterations, args.val_interval, args.num_rounds) < 1 or args.num_iterations < args.val_interval:
         _fail("--num_iterations >= --val_interval >= 1 and --num_rounds >= 1 are needed")
     for name in ("target_image", "points", "output_dir", "source_image", "source_label", "dataset_dir",
@@ -233,7 +237,6 @@ def main(argv: list[str] | None = None) -> int:
     overrides.setdefault("omega_fractions", [0.0, 0.5, 0.95, 0.95, *[0.95] * max(args.num_rounds - 4, 0)])
 
     from bundle.data.io import parse_slices
-    from bundle.errors import InputError
     from bundle.data.target import adaptation_checks, write_adaptation_inputs
     from bundle.outputs import claim_output_dir
 

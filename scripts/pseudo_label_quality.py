@@ -1,14 +1,17 @@
 """Score every pseudo-label round of an adaptation run against the true labels of its target slices.
 
     python scripts/pseudo_label_quality.py runs/wda_15pct_split1 [--slices "0-119:3"] [--label ../shared/data/epfl_hippocampus/training_instances.tif]
-        [--snap --image ../shared/data/epfl_hippocampus/training.tif]
+        [--snap] [--profile] [--image ../shared/data/epfl_hippocampus/training.tif]
+    python scripts/pseudo_label_quality.py --profile --label ../shared/data/fafb/instances.tif --image ../shared/data/fafb/image.tif --slices 0-3
 
 Per round: foreground precision / recall of the pseudo-labels (recall over all true foreground pixels), the
 share of true foreground labelled background, background purity, ignored share, and how many pseudo-points
 fall on a true instance. Slices: the target slices of the run ("0-119:3" = every 3rd of 0-119, the CPU recipe).
 With --snap, also what `snap_to_membranes` would have made of each round's labels (a check of the rule on a run
 made without it): foreground precision / recall after it, the pixels it turns into background and the share of
-them that is truly background.
+them that is truly background. With --profile, first the mean z-scored intensity across the *true* outlines of
+those slices (`membrane_profile` on the labels, −8 … +8 px, negative inside): where the labels draw the outline
+against the membrane's darkest ring, the convention `outline_margin` follows.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from bundle.data.dataset import normalize_slice  # noqa: E402
 from bundle.data.io import check_same_shape, parse_slices, read_label_instances, read_volume  # noqa: E402
 from bundle.errors import InputError, install_excepthook  # noqa: E402
 from bundle.handlers.pseudo_label_rounds import read_pseudo_points  # noqa: E402
 from bundle.pseudo_labels import snap_to_membranes  # noqa: E402
+from bundle.pseudo_labels.rounds import PROFILE_RADIUS, membrane_profile  # noqa: E402
 
 
 def round_quality(labels: np.ndarray, truth: np.ndarray, points: np.ndarray) -> dict[str, float]:
@@ -54,26 +59,44 @@ def snap_quality(labels: np.ndarray, image: np.ndarray, truth: np.ndarray) -> di
     }
 
 
+def truth_profile(image: np.ndarray, truth: np.ndarray) -> dict[int, float]:
+    """Mean z-scored intensity of (Z, Y, X) `image` at each signed distance from the outlines of (Z, Y, X) instance
+    ids `truth` (negative inside)."""
+    images = [normalize_slice(slice_) for slice_ in image]
+    profile = membrane_profile(images, [(s > 0).astype(np.uint8) for s in truth])
+    return {d: float(v) for d, v in zip(range(-PROFILE_RADIUS, PROFILE_RADIUS + 1), profile)}
+
+
 def main() -> None:
     """Print one line of quality figures per round of the run's pseudo_labels folder."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("run_dir", type=Path, nargs="?", help="an adaptation run's output_dir (omit: --profile only)")
     parser.add_argument("--label", default="../shared/data/epfl_hippocampus/training_instances.tif")
     parser.add_argument("--slices", default="0-119:3", help="target slices of the run; 'A-B:S' = every S-th of A-B")
     parser.add_argument("--snap", action="store_true", help="also score snap_to_membranes on each round's labels")
-    parser.add_argument("--image", default="../shared/data/epfl_hippocampus/training.tif", help="EM volume (--snap)")
+    parser.add_argument("--profile", action="store_true", help="also print the intensity across the true outlines")
+    parser.add_argument("--image", default="../shared/data/epfl_hippocampus/training.tif",
+                        help="EM volume (--snap, --profile)")  # fmt: skip
     args = parser.parse_args()
-    rounds = sorted((args.run_dir / "pseudo_labels").glob("round_*"), key=lambda p: int(p.name.split("_")[1]))
-    if not rounds:
+    if args.run_dir is None and not args.profile:
+        raise InputError("run_dir: missing; pass the output_dir of an adaptation run (or --profile alone)")
+    rounds = [] if args.run_dir is None else sorted((args.run_dir / "pseudo_labels").glob("round_*"),
+                                                    key=lambda p: int(p.name.split("_")[1]))  # fmt: skip
+    if args.run_dir is not None and not rounds:
         raise InputError(f"{args.run_dir / 'pseudo_labels'}: no round_N folders; pass the output_dir of an adaptation run")
     truth = read_label_instances(args.label)
-    image = read_volume(args.image) if args.snap else None
+    image = read_volume(args.image) if args.snap or args.profile else None
     if image is not None:
         check_same_shape(image, truth, args.image, args.label)
     selected = parse_slices(args.slices, len(truth), path=args.label)
     truth = truth[selected]
     image = image[selected].astype(np.float32) if image is not None else None
     print(f"true instances: {sum(len(np.unique(s[s > 0])) for s in truth)} on {len(truth)} slices (2D, per slice)")
+    if args.profile:
+        profile = truth_profile(image, truth)
+        darkest = min(profile, key=profile.get)
+        print("intensity across the true outlines (px: z-score):", " ".join(f"{d}: {v:.2f}" for d, v in profile.items()))
+        print(f"darkest ring at {darkest:+d} px ({profile[darkest]:.2f}); negative: inside the labelled outline")
     for path in rounds:
         labels = read_volume(path / "labels.tif")
         if labels.shape != truth.shape:

@@ -28,6 +28,8 @@ def test_error_split_counts_each_kind() -> None:
     assert split["fp_within_1px"] == 40 and split["fp_within_2px"] == 44  # the ring's 4 corners are √2 away
     assert split["fp_within_30px"] == 44 + 15
     assert split["fn_partial"] == 50 and split["fn_missed"] == 16
+    # the missed half lies 1-5 px from the predicted half: 2 columns of 10 in the 2-px rim, none beyond 5 px
+    assert split["fn_partial_rim_2px"] == 20 and split["fn_partial_beyond_5px"] == 0
     assert error_split.dice(probability >= 0.5, instances > 0) == 2 * 150 / (144 + 50 + 15 + 216)
 
 

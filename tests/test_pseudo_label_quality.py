@@ -1,4 +1,4 @@
-"""scripts/pseudo_label_quality.py: the --snap figures on a hand-made slice."""
+"""scripts/pseudo_label_quality.py: the --snap and --profile figures on hand-made slices."""
 
 from __future__ import annotations
 
@@ -30,6 +30,17 @@ def test_snap_quality_counts_the_cut_ring() -> None:
     kept = snapped == 1
     assert figures["snapped_fg_precision"] == (kept & (truth > 0)).sum() / kept.sum() == 1.0
     assert figures["snapped_fg_recall"] == (kept & (truth > 0)).sum() / (truth > 0).sum()
+
+
+def test_the_truth_profile_finds_a_membrane_drawn_one_pixel_inside_the_label() -> None:
+    yy, xx = np.mgrid[:64, :64]
+    radius = np.hypot(yy - 32, xx - 32)
+    image = np.where(radius <= 12, 0.5, 1.0)
+    image[(radius > 10.5) & (radius <= 11.5)] = 0.0  # the darkest ring: the outermost ring but one of the label
+    truth = (radius <= 12.5).astype(np.int32)
+    profile = quality.truth_profile(image[None], truth[None])
+    assert min(profile, key=profile.get) == -1  # the labelled outline lies one pixel outside the ridge
+    assert profile[-1] < profile[-6] and profile[-1] < profile[5]  # darker than the interior and the exterior
 
 
 def test_snap_with_an_image_of_another_volume_is_one_line(tmp_path) -> None:

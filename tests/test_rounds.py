@@ -12,6 +12,7 @@ import torch
 
 from bundle.data.density import density_map
 from bundle.data.target import split_clicks
+from bundle.errors import InputError
 from bundle.handlers import PseudoLabelRounds
 from bundle.pseudo_labels.rounds import (
     RoundRule,
@@ -179,3 +180,11 @@ def test_best_round_keeps_an_earlier_model_only_when_it_is_clearly_better() -> N
     assert best_round(rounds, {"holdout_click_recall": 0.78}, 0.05) is None  # within the margin: the last stays
     assert best_round(rounds[:1], {"holdout_click_recall": 0.1}, 0.05) is None  # never the starting model
     assert best_round(rounds, {"holdout_click_recall": None}, 0.05) is None  # nothing held out
+
+
+@pytest.mark.parametrize("margin", [-1, 1.5, True, "1"])
+def test_the_rule_refuses_an_outline_margin_that_is_not_a_whole_number_of_pixels(margin) -> None:
+    with pytest.raises(InputError) as info:
+        RoundRule(outline_margin=margin)
+    assert str(info.value).startswith("outline_margin: ") and "\n" not in str(info.value)
+    assert RoundRule(outline_margin=2).outline_margin == 2

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from bundle.errors import input_error
 from bundle.losses.multitask import IGNORE_INDEX
 from bundle.pseudo_labels.peaks import (
     confident_peaks,
@@ -68,6 +69,12 @@ class RoundRule:
     point_radius: float = 5.0
     snap_to_membranes: bool = False
     outline_margin: int = 0
+
+    def __post_init__(self):
+        margin = self.outline_margin
+        if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+            raise input_error("outline_margin", f"{margin!r} is not a whole number of pixels from 0",
+                              "pass 0 (cut at the membrane's darkest ridge) or a positive whole number, e.g. 1")  # fmt: skip
 
     @property
     def peaks(self) -> dict:
