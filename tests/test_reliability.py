@@ -395,3 +395,14 @@ def test_a_holdout_share_outside_0_1_is_one_line(real_crops: dict[str, Path], tm
                             cwd=REPO, capture_output=True, text=True)  # fmt: skip
     assert_one_line_error(result, "--holdout_clicks")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_outline_margin_through_monai_bundle_run_is_one_line_and_writes_nothing(real_crops: dict[str, Path],
+                                                                                      tmp_path: Path) -> None:  # fmt: skip
+    points = tmp_path / "points.csv"
+    points.write_text("z,y,x\n0,100,100\n")
+    result = run_bundle("--config_file", "['configs/train.yaml','configs/finetune.yaml']",
+                        "--target_image", str(real_crops["val_image"]), "--target_points", str(points),
+                        "--target_slices", "[0]", "--outline_margin", "-1", "--output_dir", str(tmp_path / "out"))  # fmt: skip
+    assert_one_line_error(result, "outline_margin", "-1")
+    assert not (tmp_path / "out").exists()
