@@ -1,15 +1,16 @@
-"""Read and write EM volumes as (Z, Y, X) arrays: multi-page TIFF, slice folders, NIfTI, HDF5.
+"""Read and write EM volumes as (Z, Y, X) arrays: multi-page TIFF, slice folders, NIfTI, HDF5, zarr, OME-Zarr, MRC.
 
+The formats are `bundle.data.readers`' (one reader per format); this module checks what they read as a volume,
+reads masks and instance labels, parses slice selections and writes TIFF outputs.
 Every problem with a user's file is raised as a one-line `InputError` naming the file, the problem and the fix.
 `EMReader` exposes the same reading to MONAI's `LoadImage`/`LoadImaged` without any axis change or channel.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ import numpy as np
 from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
+from bundle.data.readers import SLICE_SUFFIXES, VOLUME_SUFFIXES, reader_for
+from bundle.data.readers.base import GREY_FIX, PathLike, channel_name, read_block
 from bundle.errors import InputError
 from bundle.errors import input_error as _error
 from bundle.outputs import atomic_output
@@ -37,219 +40,6 @@ __all__ = [
     "write_tiff",
 ]
 
-PathLike = str | os.PathLike
-TIFF_SUFFIXES = (".tif", ".tiff")
-SLICE_SUFFIXES = (".png", *TIFF_SUFFIXES)
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-HDF5_SUFFIXES = (".h5", ".hdf5")
-VOLUME_SUFFIXES = (*TIFF_SUFFIXES, ".png", *NIFTI_SUFFIXES, *HDF5_SUFFIXES)
-GREY_FIX = "convert it to one grey channel (8/16-bit greyscale), e.g. with Fiji (Image > Type > 8-bit) or tifffile"
-
-
-# ----------------------------------------------------------------------------------------------------------- errors
-def _first_line(exc: BaseException) -> str:
-    """Return an exception as 'Type: first line of message' (at most 200 characters)."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]
-
-
-def _unreadable(path: PathLike, kind: str, exc: BaseException) -> InputError:
-    """InputError for a file that its library could not parse."""
-    return _error(path, f"cannot be read as {kind} ({_first_line(exc)})", "check the file is complete and not corrupt")
-
-
-# ----------------------------------------------------------------------------------------------------------- formats
-def _kind(path: Path) -> str:
-    """Return 'dir', 'tiff', 'png', 'nifti' or 'hdf5' for a path, or raise InputError."""
-    if path.is_dir():
-        return "dir"
-    name = path.name.lower()
-    kinds = {"tiff": TIFF_SUFFIXES, "png": (".png",), "nifti": NIFTI_SUFFIXES, "hdf5": HDF5_SUFFIXES}
-    for kind, suffixes in kinds.items():
-        if name.endswith(suffixes):
-            return kind
-    raise _error(
-        path,
-        f"unsupported file type '{''.join(path.suffixes) or '(no extension)'}'",
-        "pass a multi-page .tif/.tiff, a folder of .png/.tif slices, a .nii/.nii.gz or an .h5/.hdf5 file",
-    )
-
-
-def _tiff_series(path: Path, tif: Any) -> Any:
-    """The one greyscale image series of an open TiffFile; several series or colour channels are an InputError."""
-    series = tif.series
-    if not series:
-        raise _error(path, "TIFF contains no image", "save the volume again as a multi-page greyscale TIFF")
-    if len(series) > 1:
-        shapes = ", ".join(str(tuple(s.shape)) for s in series[:4])
-        raise _error(
-            path,
-            f"TIFF holds {len(series)} image series of different shapes ({shapes})",
-            "save one (Z, Y, X) stack whose pages all have the same size",
-        )
-    axes = series[0].axes.upper()
-    shape = tuple(series[0].shape)
-    if "S" in axes or "C" in axes:
-        n = shape[axes.index("S" if "S" in axes else "C")]
-        fix = GREY_FIX
-        if tif.is_shaped:  # tifffile.imwrite stores a first/last axis of 3 or 4 as RGB(A) by default
-            fix += "; if it is really greyscale, write it with tifffile.imwrite(..., photometric='minisblack')"
-        raise _error(path, f"image has {n} channels ({_channel_name(n)})", fix)
-    return series[0]
-
-
-def _read_tiff(path: Path) -> np.ndarray:
-    """Read all pages of a TIFF as (Z, Y, X); a single 2D page becomes (1, Y, X)."""
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            data = _tiff_series(path, tif).asarray()
-    except InputError:
-        raise
-    except Exception as exc:  # tifffile raises many types for truncated or foreign files
-        raise _unreadable(path, "TIFF", exc) from exc
-    return data[np.newaxis] if data.ndim == 2 else data
-
-
-def _channel_name(n: int) -> str:
-    """Name a channel count for messages."""
-    return {2: "grey + alpha", 3: "RGB", 4: "RGBA"}.get(n, "multi-channel")
-
-
-def _read_png(path: Path) -> np.ndarray:
-    """Read one 2D PNG as (Y, X) (1-bit becomes uint8 0/255); colour or grey+alpha PNGs are rejected."""
-    import imageio.v3 as iio  # installed with scikit-image
-
-    try:
-        data = np.asarray(iio.imread(path))
-    except Exception as exc:
-        raise _unreadable(path, "PNG", exc) from exc
-    if data.ndim == 3:
-        raise _error(path, f"image has {data.shape[-1]} channels ({_channel_name(data.shape[-1])})", GREY_FIX)
-    if data.ndim != 2:
-        raise _error(path, f"PNG decoded to shape {data.shape}", "save each slice as a single 2D greyscale PNG")
-    return _bilevel_to_grey(data)
-
-
-def _read_nifti(path: Path) -> np.ndarray:
-    """Read a NIfTI file (nibabel indexes [x, y, z]) as (Z, Y, X) in the stored dtype."""
-    import nibabel as nib
-
-    try:
-        data = np.asanyarray(nib.load(str(path)).dataobj)
-    except Exception as exc:
-        raise _unreadable(path, "NIfTI", exc) from exc
-    if data.dtype.fields is not None:
-        raise _error(path, f"NIfTI stores colour voxels ({data.dtype})", GREY_FIX)
-    if data.ndim in (2, 3):
-        data = np.ascontiguousarray(data.T)  # (x, y[, z]) -> ([z,] y, x)
-    return data[np.newaxis] if data.ndim == 2 else data
-
-
-def _hdf5_datasets(handle: Any) -> list[str]:
-    """List the full names of all datasets in an open HDF5 file."""
-    import h5py
-
-    names: list[str] = []
-    handle.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
-    return names
-
-
-def _read_hdf5(path: Path, key: str | None) -> np.ndarray:
-    """Read dataset `key` (or the only dataset) of an HDF5 file."""
-    import h5py
-
-    try:
-        handle = h5py.File(path, "r")
-    except Exception as exc:
-        raise _unreadable(path, "HDF5", exc) from exc
-    with handle:
-        dataset = _hdf5_dataset(path, handle, key)
-        try:
-            return np.asarray(dataset[()])
-        except Exception as exc:
-            raise _unreadable(path, f"HDF5 dataset '{dataset.name}'", exc) from exc
-
-
-def _hdf5_dataset(path: Path, handle: Any, key: str | None) -> Any:
-    """Dataset `key` (or the only dataset) of an open HDF5 file, or a one-line InputError listing the choices."""
-    names = _hdf5_datasets(handle)
-    listing = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
-    if not names:
-        raise _error(path, "HDF5 file contains no dataset", "write the volume into a dataset, e.g. 'raw'")
-    if key is None and len(names) > 1:
-        raise _error(path, f"HDF5 file has {len(names)} datasets ({listing})", "choose one with key=<name>")
-    name = names[0] if key is None else key.strip("/")
-    if name not in names:
-        raise _error(path, f"HDF5 file has no dataset '{key}'", f"use one of: {listing}")
-    return handle[name]
-
-
-# ----------------------------------------------------------------------------------------------------------- folders
-def _natural_key(name: str) -> tuple:
-    """Sort key that compares digit runs as numbers: '2.png' < '10.png'; text compares case-insensitively."""
-    parts = re.split(r"(\d+)", name)
-    return tuple(int(p) if i % 2 else p.lower() for i, p in enumerate(parts))
-
-
-def _slice_files(folder: Path) -> list[Path]:
-    """List the PNG/TIFF slices of a folder in numeric order, ignoring hidden files and other types."""
-    files = [
-        p for p in folder.iterdir() if not p.name.startswith(".") and p.suffix.lower() in SLICE_SUFFIXES and p.is_file()
-    ]
-    if not files:
-        raise _error(folder, "folder contains no .png/.tif/.tiff slices", "point to the folder that holds the slices")
-    kinds = {"png" if p.suffix.lower() == ".png" else "tiff" for p in files}
-    if len(kinds) > 1:
-        raise _error(folder, "folder mixes .png and .tif slices", "keep one volume of one file type per folder")
-    files.sort(key=lambda p: (_natural_key(p.stem), p.name))
-    for prev, cur in zip(files, files[1:]):
-        if _natural_key(prev.stem) == _natural_key(cur.stem):
-            raise _error(
-                cur, f"has the same slice number as {prev.name}", "rename the slices so each number occurs once"
-            )
-    return files
-
-
-def _bilevel_to_grey(data: np.ndarray) -> np.ndarray:
-    """Return a 1-bit (bool) slice as uint8 0/255, as a viewer shows it, so it stacks with 8-bit slices."""
-    return data.astype(np.uint8) * np.uint8(255) if data.dtype == np.bool_ else data
-
-
-def _read_slice(path: Path) -> np.ndarray:
-    """Read one 2D slice file as (Y, X); 1-bit slices become uint8 0/255."""
-    if path.suffix.lower() == ".png":
-        return _read_png(path)
-    data = _read_tiff(path)
-    if data.ndim != 3 or data.shape[0] != 1:
-        raise _error(
-            path, f"slice file holds shape {data.shape}, not one 2D image", "put exactly one 2D page in each slice file"
-        )
-    return _bilevel_to_grey(data[0])
-
-
-def _read_folder(folder: Path) -> np.ndarray:
-    """Stack a folder of 2D slices (numeric file-name order) into (Z, Y, X)."""
-    files = _slice_files(folder)
-    first = _read_slice(files[0])
-    out = np.empty((len(files), *first.shape), dtype=first.dtype)
-    out[0] = first
-    for z, path in enumerate(files[1:], start=1):
-        out[z] = _check_like_first(_read_slice(path), path, first, files[0])
-    return out
-
-
-def _check_like_first(data: np.ndarray, path: Path, first: np.ndarray, first_path: Path) -> np.ndarray:
-    """Return a folder's slice if it has the first slice's shape and dtype, else raise InputError."""
-    if data.shape != first.shape or data.dtype != first.dtype:
-        raise _error(
-            path,
-            f"slice has shape {data.shape} {data.dtype} but {first_path.name} has {first.shape} {first.dtype}",
-            "all slices of a folder must have the same size and bit depth",
-        )
-    return data
-
 
 # ----------------------------------------------------------------------------------------------------------- volumes
 def _check_layout(shape: tuple[int, ...], dtype: np.dtype, path: PathLike) -> tuple[int, int, int]:
@@ -259,7 +49,7 @@ def _check_layout(shape: tuple[int, ...], dtype: np.dtype, path: PathLike) -> tu
         raise _error(path, f"unsupported data type {dtype}", "store the volume as integers or floats")
     if len(shape) == 4 and shape[-1] in (3, 4):
         n = shape[-1]
-        raise _error(path, f"image has shape {shape}: {n} channels ({_channel_name(n)})", GREY_FIX)
+        raise _error(path, f"image has shape {shape}: {n} channels ({channel_name(n)})", GREY_FIX)
     if len(shape) == 2:
         shape = (1, *shape)
     if len(shape) != 3:
@@ -274,9 +64,8 @@ def _check_layout(shape: tuple[int, ...], dtype: np.dtype, path: PathLike) -> tu
     return shape  # type: ignore[return-value]
 
 
-def _check_volume(data: np.ndarray, path: PathLike) -> np.ndarray:
-    """Validate a loaded array as a (Z, Y, X) volume (2D becomes (1, Y, X)); raise InputError otherwise."""
-    data = data.reshape(_check_layout(data.shape, data.dtype, path))
+def _check_finite(data: np.ndarray, path: PathLike) -> np.ndarray:
+    """Return `data` if it holds no NaN/inf values, else raise InputError."""
     if data.dtype.kind == "f":
         bad = int(data.size - np.count_nonzero(np.isfinite(data)))
         if bad:
@@ -285,52 +74,39 @@ def _check_volume(data: np.ndarray, path: PathLike) -> np.ndarray:
 
 
 def read_volume(path: PathLike, key: str | None = None) -> np.ndarray:
-    """Read a volume file or slice folder as a (Z, Y, X) array in its stored dtype (`key` is used only for HDF5)."""
-    path = Path(os.fspath(path)).expanduser()
-    if not path.exists():
-        raise _error(path, "does not exist", "check the path (relative paths start from the current directory)")
-    kind = _kind(path)
-    if kind == "dir":
-        data = _read_folder(path)
-    elif kind == "tiff":
-        data = _read_tiff(path)
-    elif kind == "png":
-        data = _read_png(path)
-    elif kind == "nifti":
-        data = _read_nifti(path)
-    else:
-        data = _read_hdf5(path, key)
-    return _check_volume(data, path)
-
-
-SliceReader = Callable[[int], np.ndarray]
+    """Read a volume file or folder as a (Z, Y, X) array in its stored dtype (`key`: the HDF5 dataset or zarr array
+    of a file that holds several)."""
+    with SliceVolume(path, key) as volume:
+        return _check_finite(volume.read(), volume.path)
 
 
 class SliceVolume:
-    """A (Z, Y, X) volume read one 2D slice at a time, for volumes larger than memory.
+    """A (Z, Y, X) volume read one 2D slice (or one block) at a time, for volumes larger than memory.
 
-    TIFF page by page, HDF5 slice by slice (h5py reads only the chunks it needs), NIfTI through nibabel's
-    `dataobj` proxy, slice folders one file at a time. Opening checks the format, dtype and axes as `read_volume`
-    does (a 2D image is a volume of one slice; 4D is refused); `volume[z]` returns slice z as (Y, X) in its
-    stored dtype. Values are not checked here: `bundle.data.dataset.normalize_slice` refuses NaN/inf and
-    constant slices. Use it as a context manager, or call `close`.
+    The format's reader (`bundle.data.readers.reader_for`) reads only what is asked for: TIFF page by page, HDF5
+    and zarr chunk by chunk, MRC through a memory map, NIfTI through nibabel's `dataobj` proxy, slice folders one
+    file at a time. Opening checks the format, dtype and axes as `read_volume` does (a 2D image is a volume of one
+    slice; 4D is refused); `volume[z]` returns slice z as (Y, X) and `volume.read(z, y, x)` a block, in the stored
+    dtype. Values are not checked here: `bundle.data.dataset.normalize_slice` refuses NaN/inf and constant
+    slices. Use it as a context manager, or call `close`.
+
+    Attributes:
+        path: the file or folder.
+        shape: (Z, Y, X).
+        dtype: the stored data type.
     """
 
     def __init__(self, path: PathLike, key: str | None = None) -> None:
-        """Open `path` (`key`: HDF5 dataset name, None = the only one) and read its shape and dtype."""
+        """Open `path` (`key`: HDF5 dataset or zarr array name, None = the only one) and read its shape and dtype."""
         self.path = Path(os.fspath(path)).expanduser()
-        if not self.path.exists():
-            raise _error(self.path, "does not exist", "check the path (relative paths start from the current directory)")
-        self._close: Callable[[], None] = lambda: None
-        opener = {"dir": self._open_folder, "tiff": self._open_tiff, "png": self._open_png,
-                  "nifti": self._open_nifti, "hdf5": self._open_hdf5}[_kind(self.path)]  # fmt: skip
+        self._file = reader_for(self.path).open(self.path, key)
         try:
-            shape, dtype, self._read = opener(key)
-            self.shape = _check_layout(shape, np.dtype(dtype), self.path)
+            self.dtype = np.dtype(self._file.array.dtype)
+            self.shape = _check_layout(self._file.array.shape, self.dtype, self.path)
         except BaseException:
             self.close()
             raise
-        self.dtype = np.dtype(dtype)
+        self._stored_2d = len(self._file.array.shape) == 2
 
     def __len__(self) -> int:
         """Number of slices."""
@@ -340,18 +116,22 @@ class SliceVolume:
         """Read slice `z` (0 <= z < len) as a (Y, X) array in the stored dtype."""
         if not 0 <= z < len(self):
             raise IndexError(f"slice {z} is outside 0-{len(self) - 1}")
-        try:
-            data = np.asarray(self._read(int(z)))
-        except InputError:
-            raise
-        except Exception as exc:
-            raise _unreadable(self.path, f"slice {z}", exc) from exc
-        return data.reshape(self.shape[1:])
+        return self._block(slice(int(z), int(z) + 1), slice(None), slice(None), f"slice {z}")[0]
+
+    def read(self, z: slice = slice(None), y: slice = slice(None), x: slice = slice(None)) -> np.ndarray:
+        """Read the block `[z, y, x]` (slices; default: all) as a (Z, Y, X) array in the stored dtype."""
+        return self._block(z, y, x, self._file.what)
+
+    def _block(self, z: slice, y: slice, x: slice, what: str) -> np.ndarray:
+        """The block `[z, y, x]`; a read failure is a one-line InputError naming `what`."""
+        if not self._stored_2d:
+            return read_block(self.path, self._file, (z, y, x), what)
+        return read_block(self.path, self._file, (y, x), what)[np.newaxis][z]
 
     def close(self) -> None:
         """Release the open file, if any."""
-        self._close()
-        self._close = lambda: None
+        self._file.close()
+        self._file.close = lambda: None
 
     def __enter__(self) -> SliceVolume:
         """Use as a context manager that closes the file."""
@@ -360,71 +140,6 @@ class SliceVolume:
     def __exit__(self, *exc: object) -> None:
         """Close the file."""
         self.close()
-
-    def _open_tiff(self, key: str | None) -> tuple[tuple[int, ...], np.dtype, SliceReader]:
-        """One page per slice; a volume whose pages are not its slices (rare) is read whole once."""
-        import tifffile
-
-        try:
-            tif = tifffile.TiffFile(self.path)
-        except Exception as exc:
-            raise _unreadable(self.path, "TIFF", exc) from exc
-        self._close = tif.close
-        try:
-            series = _tiff_series(self.path, tif)
-        except InputError:
-            raise
-        except Exception as exc:
-            raise _unreadable(self.path, "TIFF", exc) from exc
-        shape = tuple(series.shape)
-        if len(shape) == 2:
-            return shape, series.dtype, lambda z: series.asarray()
-        if len(shape) == 3 and len(series.pages) == shape[0]:
-            return shape, series.dtype, lambda z: tif.asarray(key=z, series=0)
-        whole = functools.cache(series.asarray)
-        return shape, series.dtype, lambda z: whole()[z]
-
-    def _open_png(self, key: str | None) -> tuple[tuple[int, ...], np.dtype, SliceReader]:
-        """A single 2D PNG is a volume of one slice."""
-        data = _read_png(self.path)
-        return data.shape, data.dtype, lambda z: data
-
-    def _open_nifti(self, key: str | None) -> tuple[tuple[int, ...], np.dtype, SliceReader]:
-        """nibabel indexes [x, y, z]: slice z is dataobj[..., z] transposed (scaling applied as in read_volume)."""
-        import nibabel as nib
-
-        try:
-            proxy = nib.load(str(self.path)).dataobj
-            dtype = np.asanyarray(proxy[(0,) * len(proxy.shape)]).dtype  # the dtype after scl_slope/inter
-        except Exception as exc:
-            raise _unreadable(self.path, "NIfTI", exc) from exc
-        if dtype.fields is not None:
-            raise _error(self.path, f"NIfTI stores colour voxels ({dtype})", GREY_FIX)
-        shape = tuple(proxy.shape)[::-1]
-        if len(shape) == 2:
-            return shape, dtype, lambda z: np.asanyarray(proxy).T
-        return shape, dtype, lambda z: np.ascontiguousarray(np.asanyarray(proxy[..., z]).T)
-
-    def _open_hdf5(self, key: str | None) -> tuple[tuple[int, ...], np.dtype, SliceReader]:
-        """Dataset `key` (or the only one); h5py reads the chunks of one slice at a time."""
-        import h5py
-
-        try:
-            handle = h5py.File(self.path, "r")
-        except Exception as exc:
-            raise _unreadable(self.path, "HDF5", exc) from exc
-        self._close = handle.close
-        dataset = _hdf5_dataset(self.path, handle, key)
-        if dataset.ndim == 2:
-            return dataset.shape, dataset.dtype, lambda z: dataset[()]
-        return dataset.shape, dataset.dtype, lambda z: dataset[z]
-
-    def _open_folder(self, key: str | None) -> tuple[tuple[int, ...], np.dtype, SliceReader]:
-        """One file per slice, in numeric file-name order, each checked against the first."""
-        files = _slice_files(self.path)
-        first = _read_slice(files[0])
-        read = lambda z: first if z == 0 else _check_like_first(_read_slice(files[z]), files[z], first, files[0])  # noqa: E731
-        return (len(files), *first.shape), first.dtype, read
 
 
 def _binarise(data: np.ndarray, threshold: int, path: PathLike) -> np.ndarray:

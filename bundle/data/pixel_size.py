@@ -3,9 +3,10 @@
 The network sees mitochondria at the scale it was trained at (`MODEL_PIXEL_SIZE`, VNC III's 4.6 nm). A volume at
 another pixel size is resampled to that scale before the network and its outputs back to the input's grid, so
 that every output keeps the input's shape. The pixel size comes from `--pixel_size` (nm per pixel, y/x), or from
-the file when it says (OME-XML PhysicalSize, ImageJ or TIFF resolution tags, NIfTI zooms, HDF5
-`element_size_um`); an unknown pixel size is taken as the model's. Scale factors within `TOLERANCE` of 1 are not
-resampled at all: EPFL's 5 nm against 4.6 nm is 1.09, and predicting it unresampled keeps every earlier figure.
+the file when it says (its reader in `bundle.data.readers`: OME-XML PhysicalSize, ImageJ or TIFF resolution
+tags, NIfTI zooms, HDF5 `element_size_um`, OME-Zarr scales, the MRC header); an unknown pixel size is taken as
+the model's. Scale factors within `TOLERANCE` of 1 are not resampled at all: EPFL's 5 nm against 4.6 nm is 1.09,
+and predicting it unresampled keeps every earlier figure.
 """
 
 from __future__ import annotations
@@ -21,84 +22,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bundle.data.readers import PixelSize, reader_for
 from bundle.errors import input_error
 
 MODEL_PIXEL_SIZE = 4.6  # nm per pixel of the source volume, VNC III (its README)
 TOLERANCE = 0.1  # scale factors closer than this to 1 are not resampled
-_NM_PER_UNIT = {"nm": 1.0, "nanometer": 1.0, "um": 1e3, "µm": 1e3, "micron": 1e3, "micrometer": 1e3, "mm": 1e6,
-                "millimeter": 1e6, "cm": 1e7, "centimeter": 1e7, "m": 1e9, "meter": 1e9, "a": 0.1, "angstrom": 0.1}  # fmt: skip
 logger = logging.getLogger("mitoda.pixel_size")
-
-PixelSize = tuple[float, float]
-
-
-def _tiff_pixel_size(path: Path) -> PixelSize | None:
-    """(y, x) nm of a TIFF: OME PhysicalSizeY/X, else the resolution tags with ImageJ's unit or ResolutionUnit."""
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        if tif.is_ome and tif.ome_metadata:
-            sizes = {}
-            for axis in "YX":
-                match = re.search(rf'PhysicalSize{axis}="([0-9.eE+-]+)"', tif.ome_metadata)
-                unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', tif.ome_metadata)
-                if match:
-                    sizes[axis] = float(match.group(1)) * _NM_PER_UNIT.get((unit.group(1) if unit else "µm").lower(), math.nan)
-            if len(sizes) == 2:
-                return sizes["Y"], sizes["X"]
-        page = tif.pages[0]
-        if "XResolution" not in page.tags or "YResolution" not in page.tags:
-            return None
-        unit_tag = int(page.tags["ResolutionUnit"].value) if "ResolutionUnit" in page.tags else 1
-        unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
-        per_unit = {2: 2.54e7, 3: 1e7}.get(unit_tag)  # inch, centimetre; 1 = no unit unless ImageJ names one
-        if unit is not None:
-            per_unit = _NM_PER_UNIT.get(str(unit).lower().replace("\\u00b5", "µ"))
-        if per_unit is None:
-            return None
-        (yn, yd), (xn, xd) = page.tags["YResolution"].value, page.tags["XResolution"].value
-        if not (yn and xn):
-            return None
-        return per_unit * yd / yn, per_unit * xd / xn
-
-
-def _nifti_pixel_size(path: Path) -> PixelSize | None:
-    """(y, x) nm of a NIfTI volume stored as (Z, Y, X) (`read_volume`'s axes): its zooms, in its spatial unit."""
-    import nibabel as nib
-
-    header = nib.load(str(path)).header
-    unit = header.get_xyzt_units()[0]
-    zooms = header.get_zooms()
-    if unit == "unknown" or len(zooms) < 3:
-        return None
-    per_unit = {"meter": 1e9, "mm": 1e6, "micron": 1e3}[unit]
-    return zooms[1] * per_unit, zooms[2] * per_unit
-
-
-def _hdf5_pixel_size(path: Path) -> PixelSize | None:
-    """(y, x) nm of the one HDF5 dataset's `element_size_um` attribute (z, y, x), as ilastik and Fiji write it."""
-    import h5py
-
-    with h5py.File(path, "r") as handle:
-        datasets = []
-        handle.visititems(lambda name, item: datasets.append(item) if isinstance(item, h5py.Dataset) else None)
-        if len(datasets) == 1 and "element_size_um" in datasets[0].attrs:
-            z, y, x = (float(v) * 1e3 for v in datasets[0].attrs["element_size_um"][-3:])
-            return y, x
-    return None
 
 
 def file_pixel_size(path: str | os.PathLike) -> PixelSize | None:
-    """The (y, x) pixel size in nm that a volume file states, or None when it states none (or one of 1, a
-    placeholder that tools write when nothing is known)."""
-    path = Path(path)
-    suffix = "".join(path.suffixes[-2:]).lower()
-    reader = {".tif": _tiff_pixel_size, ".tiff": _tiff_pixel_size, ".nii": _nifti_pixel_size,
-              ".gz": _nifti_pixel_size, ".h5": _hdf5_pixel_size, ".hdf5": _hdf5_pixel_size}.get(path.suffix.lower())  # fmt: skip
-    if reader is None or path.is_dir() or (suffix.endswith(".gz") and not suffix.endswith(".nii.gz")):
-        return None
+    """The (y, x) pixel size in nm that a volume file states (its reader's `pixel_size`), or None when it states
+    none (or one of 1, a placeholder that tools write when nothing is known)."""
     try:
-        size = reader(path)
+        path = Path(os.fspath(path)).expanduser()
+        size = reader_for(path).pixel_size(path)
     except Exception:  # noqa: BLE001 - unreadable metadata is no pixel size; reading the data reports a bad file
         return None
     if size is None or not all(math.isfinite(v) and v > 0 for v in size) or all(abs(v - 1e7) < 1e-3 for v in size):

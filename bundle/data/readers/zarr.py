@@ -1,0 +1,202 @@
+"""Zarr (v2 and v3) arrays and groups, and OME-Zarr images, read chunk by chunk.
+
+A zarr folder is read as the one array it is or holds; `key` names the array in a group of several, as it names an
+HDF5 dataset. An OME-Zarr image (a group whose attributes have `multiscales`: v0.4 `.zattrs`, v0.5 `zarr.json`
+attributes["ome"]) is read at level 0, `multiscales[0].datasets[0]` (`key` may name another level), with its pixel
+size from that level's scale and the axes' units. N5 is refused: zarr 3 reads no N5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bundle.data.readers.base import OpenArray, PixelSize, VolumeReader, error, nm_per_unit, unreadable
+
+METADATA_FILES = ("zarr.json", ".zarray", ".zgroup")  # one of them marks a zarr v3 node, a v2 array or a v2 group
+LEGACY_AXES = ("t", "c", "z", "y", "x")  # OME-Zarr v0.1/v0.2 images have no `axes`: 5D, in this order
+AXES_FIX = "write one channel of one time point as a (z, y, x) image (leading c or t axes of size 1 are read)"
+
+
+@dataclass
+class ZarrVolume:
+    """The array a zarr path resolves to, what to call it in messages and the pixel size its metadata states."""
+
+    array: Any
+    what: str
+    pixel_size: PixelSize | None = None
+
+
+class LeadingAxesDropped:
+    """An array with `n` leading axes of size 1 (an OME-Zarr image's c or t) indexed as if they were not there."""
+
+    def __init__(self, array: Any, n: int) -> None:
+        """Wrap `array`, dropping its first `n` axes."""
+        self._array = array
+        self._lead = (0,) * n
+        self.shape = tuple(array.shape)[n:]
+        self.dtype = array.dtype
+
+    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+        """The block `index` (one slice per remaining axis)."""
+        return self._array[(*self._lead, *index)]
+
+
+def multiscales(node: Any) -> list | None:
+    """The `multiscales` list of an OME-Zarr image group (v0.4 attributes or v0.5 attributes["ome"]), else None."""
+    import zarr
+
+    if not isinstance(node, zarr.Group):
+        return None
+    attrs = node.attrs.asdict()
+    found = attrs.get("ome", attrs).get("multiscales")
+    return found if isinstance(found, list) else None
+
+
+def _volume_names(group: Any, prefix: str = "") -> list[str]:
+    """Paths of the arrays and OME-Zarr images in a group, at any depth (not inside an image)."""
+    import zarr
+
+    names = []
+    for name, member in sorted(group.members(), key=lambda item: item[0]):
+        if isinstance(member, zarr.Array) or multiscales(member) is not None:
+            names.append(prefix + name)
+        else:
+            names.extend(_volume_names(member, f"{prefix}{name}/"))
+    return names
+
+
+def _listing(names: Sequence[str]) -> str:
+    """Up to 20 names for a message."""
+    return ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
+
+
+def _axis_names(path: Path, image: dict, ndim: int) -> list[str]:
+    """The image's axis names (v0.3 strings or v0.4+ dicts); v0.1/v0.2 images have none: (t, c, z, y, x) or their
+    last `ndim`."""
+    axes = image.get("axes", LEGACY_AXES[-ndim:])
+    names = [str(a.get("name", "?") if isinstance(a, dict) else a).lower() for a in axes]
+    if len(names) != ndim:
+        raise error(path, f"OME-Zarr image names {len(names)} axes ({', '.join(names)}) but level 0 has {ndim}", AXES_FIX)
+    return names
+
+
+def _leading_axes(path: Path, names: list[str], shape: tuple[int, ...]) -> int:
+    """How many leading axes (c or t, of size 1) come before (z, y, x) or (y, x); other layouts are an InputError."""
+    spatial = 3 if names[-3:] == ["z", "y", "x"] else 2
+    lead = len(names) - spatial
+    if names[-2:] != ["y", "x"] or any(n not in ("c", "t") or s != 1 for n, s in zip(names[:lead], shape)):
+        axes = ", ".join(f"{n}={s}" for n, s in zip(names, shape))
+        raise error(path, f"OME-Zarr image has axes ({axes}), not (z, y, x) or (y, x) of one grey channel", AXES_FIX)
+    return lead
+
+
+def _scale(transforms: Any) -> list[float] | None:
+    """The scale of a list of coordinateTransformations (None when it has none)."""
+    scales = [t["scale"] for t in transforms or () if isinstance(t, dict) and t.get("type") == "scale" and "scale" in t]
+    return [float(v) for v in scales[0]] if scales else None
+
+
+def _ome_pixel_size(image: dict, dataset: dict, names: list[str]) -> PixelSize | None:
+    """(y, x) nm of one level: its scale (times the image-wide scale, if any) in the y and x axes' units."""
+    scale = _scale(dataset.get("coordinateTransformations"))
+    if scale is None:
+        return None
+    overall = _scale(image.get("coordinateTransformations")) or [1.0] * len(scale)
+    axes = image.get("axes", [])
+    units = [a.get("unit") if isinstance(a, dict) else None for a in axes]
+    size = []
+    for axis in ("y", "x"):
+        i = names.index(axis)
+        if i >= len(units) or not units[i]:
+            return None
+        size.append(scale[i] * overall[i] * nm_per_unit(str(units[i])))
+    return size[0], size[1]
+
+
+def _ome_level(path: Path, group: Any, images: list, key: str | None) -> ZarrVolume:
+    """Level 0 (or the level named `key`) of the first of an OME-Zarr group's multiscale `images`, checked as a
+    (z, y, x) or (y, x) image."""
+    image = images[0] if images and isinstance(images[0], dict) else {}
+    datasets = [d for d in image.get("datasets") or () if isinstance(d, dict) and "path" in d]
+    if not datasets:
+        raise error(path, "OME-Zarr multiscales lists no datasets (no level 0)",
+                    "write the image again with its levels in multiscales[0].datasets, e.g. with ome-zarr-py")  # fmt: skip
+    levels = [str(d["path"]) for d in datasets]
+    level = levels[0] if key is None else key.strip("/")
+    if level not in levels:
+        raise error(path, f"OME-Zarr image has no level '{key}'", f"use one of: {_listing(levels)}")
+    try:
+        array = group[level]
+    except KeyError:
+        raise error(path, f"OME-Zarr level '{level}' is listed in multiscales but its array is missing",
+                    "the image is incomplete: copy or write it again with all its levels") from None  # fmt: skip
+    names = _axis_names(path, image, array.ndim)
+    lead = _leading_axes(path, names, tuple(array.shape))
+    size = _ome_pixel_size(image, datasets[levels.index(level)], names)
+    return ZarrVolume(LeadingAxesDropped(array, lead) if lead else array, f"OME-Zarr level '{level}'", size)
+
+
+def _resolve(path: Path, node: Any, key: str | None) -> ZarrVolume:
+    """The volume a zarr node holds: an array, an OME-Zarr image's level, or the one (or `key`) of a group's."""
+    import zarr
+
+    if isinstance(node, zarr.Array):
+        if key is not None:
+            raise error(path, f"is one zarr array, with no array '{key}' inside", "leave out key: the array is the volume")
+        return ZarrVolume(node, f"zarr array '{node.path or '/'}'")
+    images = multiscales(node)
+    if images is not None:
+        return _ome_level(path, node, images, key)
+    names = _volume_names(node)
+    if not names:
+        raise error(path, "zarr group holds no array", "point to the zarr group or array that holds the volume")
+    if key is None and len(names) > 1:
+        raise error(path, f"zarr group holds {len(names)} arrays ({_listing(names)})",
+                    f"choose one with key=<name>, or pass its folder, e.g. {path / names[0]}")  # fmt: skip
+    name = names[0] if key is None else key.strip("/")
+    try:
+        member = node[name]
+    except KeyError:
+        raise error(path, f"zarr group has no array '{key}'", f"use one of: {_listing(names)}") from None
+    return _resolve(path / name, member, None)
+
+
+class ZarrReader(VolumeReader):
+    """Zarr v2/v3 folders (`.zarr`, `.ome.zarr`, or any folder with zarr metadata): arrays, groups, OME-Zarr images."""
+
+    kind = "zarr"
+    suffixes = (".zarr", ".n5")
+
+    def claims(self, path: Path) -> bool:
+        """A folder named `.zarr` (or `.n5`, to refuse it by name), or one that holds zarr metadata."""
+        return path.is_dir() and (path.name.lower().endswith(self.suffixes) or any((path / f).is_file() for f in METADATA_FILES))
+
+    def volume(self, path: Path, key: str | None = None) -> ZarrVolume:
+        """Resolve `path` (and `key`) to its array and pixel size; every problem is a one-line InputError."""
+        import zarr
+
+        if path.name.lower().endswith(".n5"):
+            raise error(path, "N5 containers are not read (zarr 3 has no N5 support)",
+                        "convert it to zarr or OME-Zarr, e.g. in Fiji: File > Save As > HDF5/N5/Zarr/OME-NGFF")  # fmt: skip
+        if not any((path / f).is_file() for f in METADATA_FILES):
+            raise error(path, "folder holds no zarr metadata (zarr.json, .zarray or .zgroup)",
+                        "pass the zarr folder itself (the one with that file), or write the volume with zarr")  # fmt: skip
+        try:
+            node = zarr.open(store=str(path), mode="r")
+        except Exception as exc:  # zarr raises many types for broken metadata
+            raise unreadable(path, self.kind, exc) from exc
+        return _resolve(path, node, key)
+
+    def open(self, path: Path, key: str | None = None) -> OpenArray:
+        """The array (nothing is read until it is indexed; zarr reads the chunks a block needs)."""
+        found = self.volume(path, key)
+        return OpenArray(found.array, found.what)
+
+    def pixel_size(self, path: Path, key: str | None = None) -> PixelSize | None:
+        """An OME-Zarr level's scale in nm; plain zarr arrays state none."""
+        return self.volume(path, key).pixel_size
