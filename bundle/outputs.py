@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -80,7 +81,8 @@ def claim_output_dir(
 @contextmanager
 def atomic_outputs(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
     """Yield one unique temporary path beside each of `paths`; they replace `paths` only if the block completes,
-    else they are removed. Two processes writing the same file never share a temporary name."""
+    else they are removed. Two processes writing the same file never share a temporary name. A temporary path the
+    block made a folder (a zarr image) replaces a folder already at its final path."""
     finals = [Path(os.fspath(p)).expanduser() for p in paths]
     tmps = [p.with_name(f".{p.name}.{uuid.uuid4().hex[:12]}.tmp") for p in finals]
     for final in finals:
@@ -88,10 +90,15 @@ def atomic_outputs(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
     try:
         yield tmps
         for tmp, final in zip(tmps, finals):
+            if tmp.is_dir() and final.is_dir():  # a folder output (a zarr image) replaces the earlier one
+                shutil.rmtree(final)
             os.replace(tmp, final)
     finally:
         for tmp in tmps:
-            tmp.unlink(missing_ok=True)
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink(missing_ok=True)
 
 
 @contextmanager

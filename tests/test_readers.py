@@ -1,5 +1,5 @@
 """The format readers (bundle.data.readers): zarr v2/v3, OME-Zarr, MRC on small files made here, their one-line
-errors, and `read_volume` and `SliceVolume` agreeing on every format."""
+errors, the OME-Zarr writer, and `read_volume` and `SliceVolume` agreeing on every format."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import pytest
 import tifffile
 import zarr
 
-from bundle.data.io import SliceVolume, read_volume
+from bundle.data.io import SliceVolume, read_volume, write_volume
 from bundle.data.pixel_size import file_pixel_size
 from bundle.data.readers import READERS, reader_for
+from bundle.data.readers.zarr import write_ome_zarr
 from tests.helpers import raises_one_line
 
 VOLUME = (np.arange(4 * 6 * 10) % 251).reshape(4, 6, 10).astype(np.uint16)  # every voxel distinct
@@ -116,6 +117,28 @@ def test_a_group_of_ome_images_lists_them_and_key_picks_one(tmp_path: Path) -> N
     msg = raises_one_line(read_volume, tmp_path / "plate.zarr", name="plate.zarr")
     assert "2 arrays (mito, raw)" in msg and "key=<name>" in msg  # the images, not their levels
     assert np.array_equal(read_volume(tmp_path / "plate.zarr", key="mito"), VOLUME)
+
+
+def test_the_ome_zarr_writer_round_trips_data_and_pixel_size(tmp_path: Path) -> None:
+    probability = np.linspace(0, 1, VOLUME.size, dtype=np.float32).reshape(VOLUME.shape)
+    write_volume(tmp_path / "out.ome.zarr" / "probability", probability, pixel_size=(6.0, 8.0))
+    write_volume(tmp_path / "out.ome.zarr" / "instances", VOLUME)
+    assert np.array_equal(read_volume(tmp_path / "out.ome.zarr" / "probability"), probability)
+    assert file_pixel_size(tmp_path / "out.ome.zarr" / "probability") == pytest.approx((6, 8))
+    assert file_pixel_size(tmp_path / "out.ome.zarr" / "instances") is None  # unknown: no unit written
+    assert np.array_equal(read_volume(tmp_path / "out.ome.zarr", key="instances"), VOLUME)  # the container is a group
+    level = zarr.open_array(str(tmp_path / "out.ome.zarr" / "probability" / "0"), mode="r")
+    assert level.chunks == (1, *VOLUME.shape[1:])  # one chunk per slice
+    attrs = json.loads((tmp_path / "out.ome.zarr" / "probability" / ".zattrs").read_text())
+    assert attrs["multiscales"][0]["version"] == "0.4"
+    write_volume(tmp_path / "out.ome.zarr" / "instances", VOLUME[:2])  # an image already there is replaced
+    assert read_volume(tmp_path / "out.ome.zarr", key="instances").shape == (2, *VOLUME.shape[1:])
+    assert [p.name for p in (tmp_path / "out.ome.zarr").iterdir() if p.name.endswith(".tmp")] == []
+    write_ome_zarr(tmp_path / "one.zarr", VOLUME[0].astype(bool))  # 2D, bool stored as uint8
+    assert np.array_equal(read_volume(tmp_path / "one.zarr"), VOLUME[:1].astype(bool).astype(np.uint8))
+    write_volume(tmp_path / "out.tif", VOLUME)
+    assert np.array_equal(tifffile.imread(tmp_path / "out.tif"), VOLUME)
+    raises_one_line(write_volume, tmp_path / "out.npy", VOLUME, name="cannot write file type '.npy'")
 
 
 # ------------------------------------------------------------------------------------------------ MRC

@@ -1,7 +1,7 @@
 """Read and write EM volumes as (Z, Y, X) arrays: multi-page TIFF, slice folders, NIfTI, HDF5, zarr, OME-Zarr, MRC.
 
 The formats are `bundle.data.readers`' (one reader per format); this module checks what they read as a volume,
-reads masks and instance labels, parses slice selections and writes TIFF outputs.
+reads masks and instance labels, parses slice selections and writes outputs (TIFF, or OME-Zarr by the path).
 Every problem with a user's file is raised as a one-line `InputError` naming the file, the problem and the fix.
 `EMReader` exposes the same reading to MONAI's `LoadImage`/`LoadImaged` without any axis change or channel.
 """
@@ -18,8 +18,10 @@ import numpy as np
 from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
-from bundle.data.readers import SLICE_SUFFIXES, VOLUME_SUFFIXES, reader_for
+from bundle.data.readers import SLICE_SUFFIXES, VOLUME_SUFFIXES, PixelSize, reader_for
 from bundle.data.readers.base import GREY_FIX, PathLike, channel_name, read_block
+from bundle.data.readers.tiff import TIFF_SUFFIXES
+from bundle.data.readers.zarr import write_ome_zarr
 from bundle.errors import InputError
 from bundle.errors import input_error as _error
 from bundle.outputs import atomic_output
@@ -38,6 +40,7 @@ __all__ = [
     "read_volume",
     "select_slices",
     "write_tiff",
+    "write_volume",
 ]
 
 
@@ -322,6 +325,20 @@ def write_tiff(path: PathLike, volume: np.ndarray) -> None:
             bigtiff=volume.nbytes > 2**31,
             metadata={"axes": "ZYX" if volume.ndim == 3 else "YX"},
         )
+
+
+def write_volume(path: PathLike, volume: np.ndarray, pixel_size: PixelSize | None = None) -> None:
+    """Write a (Z, Y, X) (or 2D) array in the format its path names, atomically: a `.tif`/`.tiff` file
+    (`write_tiff`), or an OME-Zarr image at a path that ends with, or lies in a folder that ends with, `.zarr`
+    (`OUT.ome.zarr`, `OUT.ome.zarr/probability`: `write_ome_zarr`, with `pixel_size` (y, x nm) when known)."""
+    final = Path(os.fspath(path)).expanduser()
+    if any(part.lower().endswith(".zarr") for part in final.parts):
+        write_ome_zarr(final, volume, pixel_size)
+    elif final.name.lower().endswith(TIFF_SUFFIXES):
+        write_tiff(final, volume)
+    else:
+        raise _error(final, f"cannot write file type '{''.join(final.suffixes) or '(no extension)'}'",
+                     "name the output .tif/.tiff, or .zarr/.ome.zarr (or a path inside a .zarr folder)")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------- MONAI

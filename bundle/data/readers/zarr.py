@@ -1,4 +1,4 @@
-"""Zarr (v2 and v3) arrays and groups, and OME-Zarr images, read chunk by chunk.
+"""Zarr (v2 and v3) arrays and groups, and OME-Zarr images: read chunk by chunk; OME-Zarr v0.4 images written.
 
 A zarr folder is read as the one array it is or holds; `key` names the array in a group of several, as it names an
 HDF5 dataset. An OME-Zarr image (a group whose attributes have `multiscales`: v0.4 `.zattrs`, v0.5 `zarr.json`
@@ -8,6 +8,7 @@ size from that level's scale and the axes' units. N5 is refused: zarr 3 reads no
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,11 @@ from typing import Any
 import numpy as np
 
 from bundle.data.readers.base import OpenArray, PixelSize, VolumeReader, error, nm_per_unit, unreadable
+from bundle.outputs import atomic_output
 
 METADATA_FILES = ("zarr.json", ".zarray", ".zgroup")  # one of them marks a zarr v3 node, a v2 array or a v2 group
 LEGACY_AXES = ("t", "c", "z", "y", "x")  # OME-Zarr v0.1/v0.2 images have no `axes`: 5D, in this order
+OME_VERSION = "0.4"  # what `write_ome_zarr` writes (zarr v2, readable by every OME-Zarr viewer today)
 AXES_FIX = "write one channel of one time point as a (z, y, x) image (leading c or t axes of size 1 are read)"
 
 
@@ -200,3 +203,38 @@ class ZarrReader(VolumeReader):
     def pixel_size(self, path: Path, key: str | None = None) -> PixelSize | None:
         """An OME-Zarr level's scale in nm; plain zarr arrays state none."""
         return self.volume(path, key).pixel_size
+
+
+def write_ome_zarr(path: str | os.PathLike, volume: np.ndarray, pixel_size: PixelSize | None = None) -> None:
+    """Write a (Z, Y, X) (or 2D) array as an OME-Zarr v0.4 image at `path`, level 0 only, one chunk per slice.
+
+    The image is written beside `path` and renamed there when complete (`atomic_output`; an image already there is
+    replaced). The
+    folders above it, from the outermost one named `.zarr` down (`OUT.ome.zarr` for `OUT.ome.zarr/probability`),
+    become zarr groups if they are not. `pixel_size` (y, x nm), when known, is the y and x axes' scale in nanometres.
+    """
+    import zarr
+
+    volume = np.asarray(volume)
+    if volume.ndim not in (2, 3):
+        raise ValueError(f"write_ome_zarr expects a 2D or (Z, Y, X) array, got shape {volume.shape}")
+    if volume.dtype == np.bool_:
+        volume = volume.astype(np.uint8)
+    final = Path(os.fspath(path)).expanduser()
+    inside = False
+    for folder in reversed(final.parents):  # every folder from the outermost `.zarr` down is a group
+        inside = inside or folder.name.lower().endswith(".zarr")
+        if inside and not any((folder / f).is_file() for f in METADATA_FILES):
+            zarr.open_group(str(folder), mode="a", zarr_format=2)
+    axes = [{"name": name, "type": "space"} for name in "zyx"[-volume.ndim :]]
+    scale = [1.0] * volume.ndim
+    if pixel_size is not None:
+        for axis in axes[-2:]:
+            axis["unit"] = "nanometer"
+        scale[-2:] = [float(v) for v in pixel_size]
+    image = {"version": OME_VERSION, "name": final.name, "axes": axes,
+             "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}  # fmt: skip
+    with atomic_output(final) as tmp:
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=2, attributes={"multiscales": [image]})
+        chunks = (1,) * (volume.ndim - 2) + volume.shape[-2:]
+        group.create_array("0", shape=volume.shape, dtype=volume.dtype, chunks=chunks)[...] = volume
