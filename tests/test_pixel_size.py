@@ -12,6 +12,7 @@ import tifffile
 import torch
 from monai.inferers import SlidingWindowInferer
 
+from bundle.data.io import read_volume
 from bundle.data.pixel_size import (
     MODEL_PIXEL_SIZE,
     as_pixel_size,
@@ -52,10 +53,11 @@ def test_pixel_size_is_read_from_the_files_that_state_it(tmp_path: Path) -> None
     assert file_pixel_size(tmp_path / "ij.tif") == pytest.approx((8, 8))
     tifffile.imwrite(tmp_path / "cm.tif", volume, resolution=(1e7 / 5, 1e7 / 5), resolutionunit="CENTIMETER")
     assert file_pixel_size(tmp_path / "cm.tif") == pytest.approx((5, 5))
-    image = nib.Nifti1Image(volume.astype(np.float32), np.diag([0.05, 0.006, 0.007, 1]))
+    image = nib.Nifti1Image(volume.T.astype(np.float32), np.diag([0.007, 0.006, 0.05, 1]))  # nibabel's (x, y, z)
     image.header.set_xyzt_units("micron")
     nib.save(image, tmp_path / "vol.nii.gz")
-    assert file_pixel_size(tmp_path / "vol.nii.gz") == pytest.approx((6, 7))
+    assert read_volume(tmp_path / "vol.nii.gz").shape == volume.shape
+    assert file_pixel_size(tmp_path / "vol.nii.gz") == pytest.approx((6, 7))  # (y, x), not z
     with h5py.File(tmp_path / "vol.h5", "w") as handle:
         handle.create_dataset("raw", data=volume).attrs["element_size_um"] = (0.04, 0.01, 0.01)
     assert file_pixel_size(tmp_path / "vol.h5") == pytest.approx((10, 10))

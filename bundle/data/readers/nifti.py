@@ -45,13 +45,13 @@ class NiftiReader(VolumeReader):
         return OpenArray(ReversedAxes(proxy, dtype), self.kind)
 
     def pixel_size(self, path: Path, key: str | None = None) -> PixelSize | None:
-        """(y, x) of the zooms of a volume read as (Z, Y, X), in the header's spatial unit."""
+        """(y, x) = the zooms of nibabel's axes 1 and 0 (read as Y and X), in the header's spatial unit."""
         import nibabel as nib
 
         header = nib.load(str(path)).header
         unit = header.get_xyzt_units()[0]
         zooms = header.get_zooms()
-        if unit == "unknown" or len(zooms) < 3:
+        if unit == "unknown" or len(zooms) < 2:
             return None
         per_unit = {"meter": 1e9, "mm": 1e6, "micron": 1e3}[unit]
-        return zooms[1] * per_unit, zooms[2] * per_unit
+        return zooms[1] * per_unit, zooms[0] * per_unit
