@@ -95,7 +95,11 @@ def test_paper_recipe_resolves(monkeypatch) -> None:
 def test_predictor_reads_every_format_slice_by_slice(volume_path, tmp_path) -> None:
     import h5py
     import imageio.v3 as iio
+    import mrcfile
     import nibabel as nib
+    import zarr
+
+    from bundle.data.readers.zarr import write_ome_zarr
 
     data = tifffile.imread(volume_path)
     reference = read_volume(_predictor()(volume_path, tmp_path / "tif")["probability.tif"])
@@ -105,7 +109,11 @@ def test_predictor_reads_every_format_slice_by_slice(volume_path, tmp_path) -> N
     (tmp_path / "slices").mkdir()
     for z, image in enumerate(data):
         iio.imwrite(tmp_path / "slices" / f"s{z}.png", image)
-    for name in ("vol.h5", "vol.nii.gz", "slices"):
+    zarr.open_group(str(tmp_path / "vol.zarr"), mode="w").create_array("raw", data=data, chunks=(1, 80, 96))
+    write_ome_zarr(tmp_path / "vol.ome.zarr", data)
+    with mrcfile.new(tmp_path / "vol.mrc") as mrc:
+        mrc.set_data(data.astype(np.int16))
+    for name in ("vol.h5", "vol.nii.gz", "slices", "vol.zarr", "vol.ome.zarr", "vol.mrc"):
         probability = read_volume(_predictor()(tmp_path / name, tmp_path / f"out_{name}")["probability.tif"])
         np.testing.assert_allclose(probability, reference, atol=1e-6, err_msg=name)
     tifffile.imwrite(tmp_path / "one.tif", data[1], photometric="minisblack")  # a 2D image is one slice
