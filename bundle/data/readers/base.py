@@ -37,6 +37,11 @@ def unreadable(path: PathLike, kind: str, exc: BaseException) -> InputError:
     return error(path, f"cannot be read as {kind} ({first_line(exc)})", "check the file is complete and not corrupt")
 
 
+def listing(names: list[str]) -> str:
+    """Up to 20 names for a message."""
+    return ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
+
+
 def channel_name(n: int) -> str:
     """Name a channel count for messages."""
     return {2: "grey + alpha", 3: "RGB", 4: "RGBA"}.get(n, "multi-channel")

@@ -33,7 +33,9 @@ def slice_files(folder: Path) -> list[Path]:
     files.sort(key=lambda p: (natural_key(p.stem), p.name))
     for prev, cur in zip(files, files[1:]):
         if natural_key(prev.stem) == natural_key(cur.stem):
-            raise error(cur, f"has the same slice number as {prev.name}", "rename the slices so each number occurs once")
+            raise error(
+                cur, f"has the same slice number as {prev.name}", "rename the slices so each number occurs once"
+            )
     return files
 
 
@@ -43,7 +45,9 @@ def read_slice(path: Path) -> np.ndarray:
     if data.ndim == 3 and data.shape[0] == 1:
         data = data[0]
     if data.ndim != 2:
-        raise error(path, f"slice file holds shape {data.shape}, not one 2D image", "put exactly one 2D page in each slice file")
+        raise error(
+            path, f"slice file holds shape {data.shape}, not one 2D image", "put exactly one 2D page in each slice file"
+        )
     return bilevel_to_grey(data)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bundle.data.readers.base import OpenArray, PixelSize, VolumeReader, error, unreadable
+from bundle.data.readers.base import OpenArray, PixelSize, VolumeReader, error, listing, unreadable
 
 
 def dataset_names(handle: Any) -> list[str]:
@@ -20,14 +20,13 @@ def dataset_names(handle: Any) -> list[str]:
 def choose_dataset(path: Path, handle: Any, key: str | None) -> Any:
     """Dataset `key` (or the only dataset) of an open HDF5 file, or a one-line InputError listing the choices."""
     names = dataset_names(handle)
-    listing = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
     if not names:
         raise error(path, "HDF5 file contains no dataset", "write the volume into a dataset, e.g. 'raw'")
     if key is None and len(names) > 1:
-        raise error(path, f"HDF5 file has {len(names)} datasets ({listing})", "choose one with key=<name>")
+        raise error(path, f"HDF5 file has {len(names)} datasets ({listing(names)})", "choose one with key=<name>")
     name = names[0] if key is None else key.strip("/")
     if name not in names:
-        raise error(path, f"HDF5 file has no dataset '{key}'", f"use one of: {listing}")
+        raise error(path, f"HDF5 file has no dataset '{key}'", f"use one of: {listing(names)}")
     return handle[name]
 
 

@@ -9,14 +9,13 @@ size from that level's scale and the axes' units. N5 is refused: zarr 3 reads no
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bundle.data.readers.base import OpenArray, PixelSize, VolumeReader, error, nm_per_unit, unreadable
+from bundle.data.readers.base import OpenArray, PixelSize, VolumeReader, error, listing, nm_per_unit, unreadable
 from bundle.outputs import atomic_output
 
 METADATA_FILES = ("zarr.json", ".zarray", ".zgroup")  # one of them marks a zarr v3 node, a v2 array or a v2 group
@@ -73,18 +72,14 @@ def _volume_names(group: Any, prefix: str = "") -> list[str]:
     return names
 
 
-def _listing(names: Sequence[str]) -> str:
-    """Up to 20 names for a message."""
-    return ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
-
-
 def _axis_names(path: Path, image: dict, ndim: int) -> list[str]:
     """The image's axis names (v0.3 strings or v0.4+ dicts); v0.1/v0.2 images have none: (t, c, z, y, x) or their
     last `ndim`."""
     axes = image.get("axes", LEGACY_AXES[-ndim:])
     names = [str(a.get("name", "?") if isinstance(a, dict) else a).lower() for a in axes]
     if len(names) != ndim:
-        raise error(path, f"OME-Zarr image names {len(names)} axes ({', '.join(names)}) but level 0 has {ndim}", AXES_FIX)
+        problem = f"OME-Zarr image names {len(names)} axes ({', '.join(names)}) but level 0 has {ndim}"
+        raise error(path, problem, AXES_FIX)
     return names
 
 
@@ -99,26 +94,26 @@ def _leading_axes(path: Path, names: list[str], shape: tuple[int, ...]) -> int:
 
 
 def _scale(transforms: Any) -> list[float] | None:
-    """The scale of a list of coordinateTransformations (None when it has none)."""
+    """The scale of a list of coordinateTransformations (None when it has none, or not a list of numbers)."""
     scales = [t["scale"] for t in transforms or () if isinstance(t, dict) and t.get("type") == "scale" and "scale" in t]
-    return [float(v) for v in scales[0]] if scales else None
+    try:
+        return [float(v) for v in scales[0]] if scales else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _ome_pixel_size(image: dict, dataset: dict, names: list[str]) -> PixelSize | None:
-    """(y, x) nm of one level: its scale (times the image-wide scale, if any) in the y and x axes' units."""
+    """(y, x) nm of one level: its scale (times the image-wide scale, if any) in the y and x axes' units; None when
+    a unit or a scale is missing."""
     scale = _scale(dataset.get("coordinateTransformations"))
-    if scale is None:
+    overall = _scale(image.get("coordinateTransformations")) or [1.0] * len(names)
+    units = [a.get("unit") if isinstance(a, dict) else None for a in image.get("axes", ())]
+    if scale is None or not len(scale) == len(overall) == len(units) == len(names):
         return None
-    overall = _scale(image.get("coordinateTransformations")) or [1.0] * len(scale)
-    axes = image.get("axes", [])
-    units = [a.get("unit") if isinstance(a, dict) else None for a in axes]
-    size = []
-    for axis in ("y", "x"):
-        i = names.index(axis)
-        if i >= len(units) or not units[i]:
-            return None
-        size.append(scale[i] * overall[i] * nm_per_unit(str(units[i])))
-    return size[0], size[1]
+    y, x = names.index("y"), names.index("x")
+    if not (units[y] and units[x]):
+        return None
+    return tuple(scale[i] * overall[i] * nm_per_unit(str(units[i])) for i in (y, x))  # type: ignore[return-value]
 
 
 def _ome_level(path: Path, group: Any, images: list, key: str | None) -> ZarrVolume:
@@ -132,7 +127,7 @@ def _ome_level(path: Path, group: Any, images: list, key: str | None) -> ZarrVol
     levels = [str(d["path"]) for d in datasets]
     level = levels[0] if key is None else key.strip("/")
     if level not in levels:
-        raise error(path, f"OME-Zarr image has no level '{key}'", f"use one of: {_listing(levels)}")
+        raise error(path, f"OME-Zarr image has no level '{key}'", f"use one of: {listing(levels)}")
     try:
         array = group[level]
     except KeyError:
@@ -150,7 +145,9 @@ def _resolve(path: Path, node: Any, key: str | None) -> ZarrVolume:
 
     if isinstance(node, zarr.Array):
         if key is not None:
-            raise error(path, f"is one zarr array, with no array '{key}' inside", "leave out key: the array is the volume")
+            raise error(
+                path, f"is one zarr array, with no array '{key}' inside", "leave out key: the array is the volume"
+            )
         return ZarrVolume(node, f"zarr array '{node.path or '/'}'")
     images = multiscales(node)
     if images is not None:
@@ -159,13 +156,13 @@ def _resolve(path: Path, node: Any, key: str | None) -> ZarrVolume:
     if not names:
         raise error(path, "zarr group holds no array", "point to the zarr group or array that holds the volume")
     if key is None and len(names) > 1:
-        raise error(path, f"zarr group holds {len(names)} arrays ({_listing(names)})",
+        raise error(path, f"zarr group holds {len(names)} arrays ({listing(names)})",
                     f"choose one with key=<name>, or pass its folder, e.g. {path / names[0]}")  # fmt: skip
     name = names[0] if key is None else key.strip("/")
     try:
         member = node[name]
     except KeyError:
-        raise error(path, f"zarr group has no array '{key}'", f"use one of: {_listing(names)}") from None
+        raise error(path, f"zarr group has no array '{key}'", f"use one of: {listing(names)}") from None
     return _resolve(path / name, member, None)
 
 
@@ -177,7 +174,9 @@ class ZarrReader(VolumeReader):
 
     def claims(self, path: Path) -> bool:
         """A folder named `.zarr` (or `.n5`, to refuse it by name), or one that holds zarr metadata."""
-        return path.is_dir() and (path.name.lower().endswith(self.suffixes) or any((path / f).is_file() for f in METADATA_FILES))
+        if not path.is_dir():
+            return False
+        return path.name.lower().endswith(self.suffixes) or any((path / f).is_file() for f in METADATA_FILES)
 
     def volume(self, path: Path, key: str | None = None) -> ZarrVolume:
         """Resolve `path` (and `key`) to its array and pixel size; every problem is a one-line InputError."""
@@ -209,9 +208,9 @@ def write_ome_zarr(path: str | os.PathLike, volume: np.ndarray, pixel_size: Pixe
     """Write a (Z, Y, X) (or 2D) array as an OME-Zarr v0.4 image at `path`, level 0 only, one chunk per slice.
 
     The image is written beside `path` and renamed there when complete (`atomic_output`; an image already there is
-    replaced). The
-    folders above it, from the outermost one named `.zarr` down (`OUT.ome.zarr` for `OUT.ome.zarr/probability`),
-    become zarr groups if they are not. `pixel_size` (y, x nm), when known, is the y and x axes' scale in nanometres.
+    replaced). The folders above it, from the outermost one named `.zarr` down (`OUT.ome.zarr` for
+    `OUT.ome.zarr/probability`), become zarr groups if they are not. `pixel_size` (y, x nm), when known, is the y
+    and x axes' scale in nanometres.
     """
     import zarr
 
