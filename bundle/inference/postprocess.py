@@ -50,10 +50,7 @@ def label_instances(
     # One labelling pass: small objects are dropped by size and the rest renumbered 1..n in the same
     # (raster) order, which equals remove_small_objects followed by a second labelling, at half the cost.
     components, count = connected_components(probability >= threshold, connectivity=1, return_num=True)
-    sizes = np.bincount(components.ravel(), minlength=count + 1)
-    keep = sizes >= max(min_size, 1)
-    keep[0] = False
-    components = (np.cumsum(keep, dtype=np.int32) * keep)[components]
+    components = kept_ids(np.bincount(components.ravel(), minlength=count + 1), min_size)[components]
     if method == "components":
         return components
     mask = components > 0
@@ -61,10 +58,18 @@ def label_instances(
     markers = np.zeros(mask.shape, dtype=np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     # Components without any peak keep one seed of their own so that no foreground is lost.
-    unseeded = np.ones(int(keep.sum()) + 1, dtype=bool)
+    unseeded = np.ones(int(components.max(initial=0)) + 1, dtype=bool)
     unseeded[np.unique(components[markers > 0])] = False
     unseeded[0] = False
     seeds = np.zeros(unseeded.size, dtype=np.int32)
     seeds[unseeded] = np.arange(len(peaks) + 1, len(peaks) + 1 + int(unseeded.sum()))
     markers = np.where(markers > 0, markers, seeds[components])
     return watershed(-density, markers, mask=mask).astype(np.int32)
+
+
+def kept_ids(sizes: np.ndarray, min_size: int) -> np.ndarray:
+    """New id (int32) of each label from its size (`sizes[label]`, label 0 the background): labels of at least
+    `min_size` (and 1) voxels are numbered 1..n in label order, the others and the background become 0."""
+    keep = np.asarray(sizes) >= max(min_size, 1)
+    keep[0] = False
+    return np.cumsum(keep, dtype=np.int32) * keep
