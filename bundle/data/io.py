@@ -31,6 +31,7 @@ __all__ = [
     "SliceVolume",
     "SLICE_SUFFIXES",
     "VOLUME_SUFFIXES",
+    "check_finite",
     "check_same_shape",
     "instances_from_mask",
     "parse_slices",
@@ -67,7 +68,7 @@ def _check_layout(shape: tuple[int, ...], dtype: np.dtype, path: PathLike) -> tu
     return shape  # type: ignore[return-value]
 
 
-def _check_finite(data: np.ndarray, path: PathLike) -> np.ndarray:
+def check_finite(data: np.ndarray, path: PathLike) -> np.ndarray:
     """Return `data` if it holds no NaN/inf values, else raise InputError."""
     if data.dtype.kind == "f":
         bad = int(data.size - np.count_nonzero(np.isfinite(data)))
@@ -80,7 +81,7 @@ def read_volume(path: PathLike, key: str | None = None) -> np.ndarray:
     """Read a volume file or folder as a (Z, Y, X) array in its stored dtype (`key`: the HDF5 dataset or zarr array
     of a file that holds several)."""
     with SliceVolume(path, key) as volume:
-        return _check_finite(volume.read(), volume.path)
+        return check_finite(volume.read(), volume.path)
 
 
 class SliceVolume:

@@ -59,6 +59,20 @@ def as_pixel_size(value: float | Sequence[float] | str | None, where: str = "--p
     return (numbers[0], numbers[-1])
 
 
+def stated_pixel_size(
+    input_image: str | os.PathLike | None, pixel_size: float | Sequence[float] | str | None = None
+) -> tuple[PixelSize | None, str]:
+    """The (y, x) pixel size in nm of `input_image` and where it comes from: `pixel_size` if given
+    ("--pixel_size"), else the file's metadata, else (None, "")."""
+    given = as_pixel_size(pixel_size)
+    if given is not None:
+        return given, "--pixel_size"
+    if input_image is None:
+        return None, ""
+    stated = file_pixel_size(input_image)
+    return stated, f"{Path(input_image).name}'s metadata" if stated else ""
+
+
 def model_scale(
     input_image: str | os.PathLike | None,
     pixel_size: float | Sequence[float] | str | None = None,
@@ -69,10 +83,7 @@ def model_scale(
     The pixel size is `pixel_size` if given, else the file's, else the model's; factors within TOLERANCE of 1 are
     1 (no resampling). The decision is logged.
     """
-    given = as_pixel_size(pixel_size)
-    size, source = (given, "--pixel_size") if given else (None, "")
-    if size is None and input_image is not None:
-        size, source = file_pixel_size(input_image), f"{Path(input_image).name}'s metadata"
+    size, source = stated_pixel_size(input_image, pixel_size)
     if size is None:
         logger.info(f"pixel size unknown: taken as the model's {model_pixel_size:g} nm (pass --pixel_size NM)")
         return 1.0, 1.0
