@@ -323,3 +323,12 @@ def test_real_epfl_crop_instances_3d_and_ap(tmp_path, monkeypatch) -> None:
     direct = instance_ap(instances, label.astype(np.int32), read_volume(pred / "probability.tif"))
     assert direct == {"ap50": metrics["ap50"], "ap75": metrics["ap75"]}
     assert "dice" in metrics and "pq" in metrics
+
+
+def test_a_bad_z_spacing_stops_inference_before_anything_is_written(real_crops, tmp_path) -> None:
+    from tests.helpers import assert_one_line_error, run_bundle
+
+    result = run_bundle("--config_file", "configs/inference.yaml", "--input_image", str(real_crops["val_image"]),
+                        "--output_dir", str(tmp_path / "out"), "--instances_3d", "True", "--z_spacing", "-5")  # fmt: skip
+    assert_one_line_error(result, "--z_spacing", "-5")
+    assert not (tmp_path / "out").exists()

@@ -284,6 +284,14 @@ def _memory_limit_bytes(memory_limit_gb: float | None) -> float:
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
+def check_z_spacing(z_spacing: float | None) -> None:
+    """A z spacing is None (unknown) or a positive, finite number of nm; anything else is a one-line InputError.
+    configs/inference.yaml calls it before the 2D pass, so a bad value stops the run before anything is written."""
+    if z_spacing is not None and (isinstance(z_spacing, bool) or not isinstance(z_spacing, (int, float))
+                                  or not math.isfinite(z_spacing) or z_spacing <= 0):  # fmt: skip
+        raise input_error("--z_spacing", f"{z_spacing!r} is not a distance", "pass the nm between slices, e.g. 40")
+
+
 def write_instances_3d(
     prediction_dir: str | os.PathLike,
     method: str = "components",
@@ -313,9 +321,7 @@ def write_instances_3d(
     if not prediction_dir.is_dir():
         raise InputError(f"{prediction_dir}: prediction folder not found; pass the --output_dir of configs/inference.yaml")
     _check_method(method)
-    if z_spacing is not None and (isinstance(z_spacing, bool) or not isinstance(z_spacing, (int, float))
-                                  or not math.isfinite(z_spacing) or z_spacing <= 0):  # fmt: skip
-        raise input_error("--z_spacing", f"{z_spacing!r} is not a distance", "pass the nm between slices, e.g. 40")
+    check_z_spacing(z_spacing)
     voxel_size = (float(z_spacing), *map(float, pixel_size)) if pixel_size and z_spacing else None
     if voxel_size is None:
         logger.info("instances_3d.csv: volumes in voxels only (pass --pixel_size and --z_spacing for volume_um3)")
