@@ -59,6 +59,13 @@ def as_pixel_size(value: float | Sequence[float] | str | None, where: str = "--p
     return (numbers[0], numbers[-1])
 
 
+def input_pixel_size(input_image: str | os.PathLike | None, pixel_size: float | Sequence[float] | str | None = None
+                     ) -> PixelSize | None:  # fmt: skip
+    """(y, x) nm per pixel of the input: `pixel_size` (`--pixel_size`) if given, else the file's, else None."""
+    given = as_pixel_size(pixel_size)
+    return given if given or input_image is None else file_pixel_size(input_image)
+
+
 def model_scale(
     input_image: str | os.PathLike | None,
     pixel_size: float | Sequence[float] | str | None = None,
@@ -69,10 +76,8 @@ def model_scale(
     The pixel size is `pixel_size` if given, else the file's, else the model's; factors within TOLERANCE of 1 are
     1 (no resampling). The decision is logged.
     """
-    given = as_pixel_size(pixel_size)
-    size, source = (given, "--pixel_size") if given else (None, "")
-    if size is None and input_image is not None:
-        size, source = file_pixel_size(input_image), f"{Path(input_image).name}'s metadata"
+    size = input_pixel_size(input_image, pixel_size)
+    source = "--pixel_size" if pixel_size is not None else f"{Path(input_image or '').name}'s metadata"
     if size is None:
         logger.info(f"pixel size unknown: taken as the model's {model_pixel_size:g} nm (pass --pixel_size NM)")
         return 1.0, 1.0

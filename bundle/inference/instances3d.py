@@ -14,13 +14,18 @@ from pathlib import Path
 import numpy as np
 from skimage.measure import regionprops_table
 
-from bundle.data.io import read_volume, write_tiff
 from bundle.errors import InputError
 from bundle.inference.postprocess import label_instances
+from bundle.inference.prediction_folder import (
+    LINKED,
+    LINKED_TABLE,
+    read_prediction,
+    require_predictions,
+    write_prediction,
+)
 from bundle.outputs import atomic_output
 
 TABLE_COLUMNS = ("id", "volume", "z0", "y0", "x0", "z1", "y1", "x1", "centroid_z", "centroid_y", "centroid_x")
-OUTPUT_FILES = ("instances_3d.tif", "instances_3d.csv")
 
 
 def instances_3d(
@@ -77,22 +82,18 @@ def write_instances_3d(
     peak_min_distance: int = 7,
     peak_threshold: float = 2e-4,
 ) -> dict[str, Path]:
-    """Read probability.tif (and density.tif) of a prediction folder, write instances_3d.tif and instances_3d.csv."""
+    """Read the probability (and density) of a prediction folder, write instances_3d (.tif, or an OME-Zarr image in
+    an OME-Zarr folder) and instances_3d.csv there."""
     prediction_dir = Path(prediction_dir)
     if prediction_dir.exists() and not prediction_dir.is_dir():
         raise InputError(f"{prediction_dir}: prediction_dir is a file; pass the prediction folder (the --output_dir of configs/inference.yaml)")
     if not prediction_dir.is_dir():
         raise InputError(f"{prediction_dir}: prediction folder not found; pass the --output_dir of configs/inference.yaml")
-    needed = ("probability.tif", "density.tif") if method == "watershed" else ("probability.tif",)
-    for name in needed:
-        if not (prediction_dir / name).is_file():
-            raise InputError(f"{prediction_dir / name}: prediction file not found; run configs/inference.yaml with --output_dir {prediction_dir}")
-    probability = read_volume(prediction_dir / "probability.tif")
-    density = read_volume(prediction_dir / "density.tif") if method == "watershed" else None
+    require_predictions(prediction_dir, ("probability", "density") if method == "watershed" else ("probability",))
+    probability = read_prediction(prediction_dir, "probability")
+    density = read_prediction(prediction_dir, "density") if method == "watershed" else None
     instances = instances_3d(probability, density, method, threshold, min_size, peak_min_distance, peak_threshold)
     del probability, density
     table = instance_table(instances)
-    finals = {name: prediction_dir / name for name in OUTPUT_FILES}
-    write_tiff(finals["instances_3d.tif"], instances.astype(np.uint32, copy=False))
-    write_instance_table(finals["instances_3d.csv"], table)
-    return finals
+    volume = write_prediction(prediction_dir, LINKED, instances)
+    return {volume.name: volume, LINKED_TABLE: write_instance_table(prediction_dir / LINKED_TABLE, table)}
