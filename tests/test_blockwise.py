@@ -177,6 +177,7 @@ def test_cluster_refuses_tiff_folders_and_images_in_one_line(volume, checkpoint,
     monkeypatch.setattr(blockwise, "CONNECT_TIMEOUT_S", 2)
     raises_one_line(_blockwise(checkpoint, scheduler="tcp://127.0.0.1:9"), volume, tmp_path / "x.ome.zarr",
                     name="no Dask scheduler answers")  # fmt: skip
+    assert not (tmp_path / "x.ome.zarr").exists()
 
 
 def test_missing_dask_is_one_line_naming_the_cluster_group(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -241,11 +241,11 @@ class BlockwisePredictor:
             normalize_slice(volume[indices[0]], volume.path, indices[0])  # a blank or NaN image writes nothing
             source, run = volume.path.absolute(), self._run(volume, indices)
             shape = (len(indices), *volume.shape[1:])
-        output_dir = claim_prediction_dir(output_dir, resume=True)
-        blocks = split_blocks(indices, self.block_slices)
-        done = self._start(output_dir, run, shape)
-        todo = [block for block in blocks if block.name not in done]
-        with self._client() as client:
+        with self._client() as client:  # an unreachable scheduler: before anything is written
+            output_dir = claim_prediction_dir(output_dir, resume=True)
+            blocks = split_blocks(indices, self.block_slices)
+            done = self._start(output_dir, run, shape)
+            todo = [block for block in blocks if block.name not in done]
             client.register_plugin(PredictorPlugin(self.network, self.checkpoint, self.inferer,
                                                    self.postprocessing, self.device, self.scale))  # fmt: skip
             futures = client.map(functools.partial(predict_block, str(source), str(output_dir)), todo, pure=False)
