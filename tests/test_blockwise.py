@@ -180,6 +180,26 @@ def test_cluster_refuses_tiff_folders_and_images_in_one_line(volume, checkpoint,
     assert not (tmp_path / "x.ome.zarr").exists()
 
 
+def test_a_scheduler_that_cannot_import_bundle_is_one_line(volume, checkpoint, tmp_path) -> None:
+    """A `dask scheduler` started without PYTHONPATH=REPO would fail to unpickle the tasks, in a long traceback."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--port", "0",
+                                  "--no-dashboard", "--scheduler-file", str(tmp_path / "scheduler.json")],
+                                 cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "scheduler.json").is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # the file is written whole before the scheduler listens
+        address = json.loads((tmp_path / "scheduler.json").read_text())["address"]
+        raises_one_line(_blockwise(checkpoint, scheduler=address), volume, tmp_path / "out.ome.zarr",
+                        name="cannot import bundle.inference.blockwise")  # fmt: skip
+        assert not (tmp_path / "out.ome.zarr").exists()
+    finally:
+        scheduler.kill()
+        scheduler.wait()
+
+
 def test_missing_dask_is_one_line_naming_the_cluster_group(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if `bash scripts/setup.sh cluster` had not run
     monkeypatch.delitem(sys.modules, "bundle.inference.blockwise")

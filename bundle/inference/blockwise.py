@@ -332,4 +332,11 @@ class BlockwisePredictor:
                               "start one (dask scheduler, or dask-jobqueue on SLURM) and pass its address, or "
                               "leave out --scheduler for a LocalCluster") from exc  # fmt: skip
         with client:
+            try:  # the scheduler unpickles the tasks and the workers run them: both import this module
+                client.run_on_scheduler(exec, f"import {__name__}")
+                client.run(exec, f"import {__name__}")
+            except ImportError as exc:
+                raise input_error(self.scheduler, f"the cluster cannot import {__name__} ({exc})",
+                                  "start its scheduler and workers with PYTHONPATH=REPO in this repository's "
+                                  ".venv (README.md)") from exc  # fmt: skip
             yield client
