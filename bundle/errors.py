@@ -32,7 +32,7 @@ _FIXABLE_OS_ERRORS = {
 
 
 # optional packages (requirements/<group>.in) a run may ask for: a missing one is a one-line error naming its group
-OPTIONAL_PACKAGES = {"mlflow": "tracking"}
+OPTIONAL_PACKAGES = {"mlflow": "tracking", "dask": "cluster", "distributed": "cluster"}
 
 
 def find_input_error(exc: BaseException | None) -> InputError | None:

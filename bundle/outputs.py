@@ -25,10 +25,12 @@ logger = logging.getLogger("mitoda.outputs")
 
 
 def check_output_dir(output_dir: str | os.PathLike | None, outputs: Iterable[str] = ()) -> Path:
-    """`output_dir` as an absolute Path if it can hold this run's `outputs` (file names); else a one-line InputError.
+    """`output_dir` as an absolute Path if it can hold this run's `outputs`; else a one-line InputError.
 
-    Refused: an empty path, a file in its place or above it, a folder that cannot be written, and an output name
-    that is taken by a folder. Nothing is created.
+    `outputs` are the names this run writes there: files, or folders when a name ends with "/" (an OME-Zarr image,
+    `probability/`). Refused: an empty path, a file in its place or above it, a folder that cannot be written, and
+    an output name that is taken by the other kind (a folder where a file is written, or a file where a folder is).
+    Nothing is created.
     """
     if output_dir is None or not os.fspath(output_dir).strip():
         raise InputError("output_dir: empty path; pass --output_dir DIR (a new or an existing folder)")
@@ -40,8 +42,11 @@ def check_output_dir(output_dir: str | os.PathLike | None, outputs: Iterable[str
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise input_error(ancestor, "folder is not writable", "pass an --output_dir you can write to")
     for name in outputs:
-        if (path / name).is_dir():
-            raise input_error(path / name, "is a folder where this run writes a file", "remove it or pass another --output_dir")
+        folder = name.endswith("/")
+        if (path / name).is_file() if folder else (path / name).is_dir():
+            there, written = ("file", "folder") if folder else ("folder", "file")
+            raise input_error(path / name.rstrip("/"), f"is a {there} where this run writes a {written}",
+                              "remove it or pass another --output_dir")  # fmt: skip
     return path
 
 
@@ -52,8 +57,9 @@ def claim_output_dir(
 
     Args:
         output_dir: the folder.
-        outputs: file names this run writes there (each must not be a folder).
-        stale: file names (glob patterns) of an earlier run that this run does not write: removed, with a log line.
+        outputs: names this run writes there (see `check_output_dir`: a name ending with "/" is a folder).
+        stale: names (glob patterns; ending with "/": folders) of an earlier run's outputs that this run does not
+            write: removed, with a log line.
 
     A folder another process holds is an InputError; the same process may claim a folder again (a script that runs
     several configs into one folder).
@@ -70,11 +76,17 @@ def claim_output_dir(
             raise input_error(path, "another run is writing into this folder",
                               "wait for it to finish, or pass another --output_dir") from None  # fmt: skip
         _held[path] = fd  # released by the OS when the process ends, however it ends
+    written = {name.rstrip("/") for name in outputs}
     for pattern in stale:
-        for old in sorted(path.glob(pattern)):
-            if old.is_file() and old.name not in outputs:
+        folder = pattern.endswith("/")
+        for old in sorted(path.glob(pattern.rstrip("/"))):
+            if old.name in written or not (old.is_dir() if folder else old.is_file()):
+                continue
+            if folder:
+                shutil.rmtree(old)
+            else:
                 old.unlink()
-                logger.warning(f"{old}: removed, an output of an earlier run that this run does not write")
+            logger.warning(f"{old}: removed, an output of an earlier run that this run does not write")
     return path
 
 

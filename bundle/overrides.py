@@ -39,15 +39,47 @@ def known_ids(config_files: Sequence[str | os.PathLike]) -> set[str]:
 
 
 def unknown_override(keys: Iterable[str], config_files: Sequence[str | os.PathLike]) -> InputError | None:
-    """An InputError naming the first of `keys` that no config defines and the closest known key, or None."""
+    """An InputError naming the first of `keys` that no config defines and the closest known key (or the config
+    beside them that defines it, e.g. `--workers` without configs/inference_cluster.yaml), or None."""
     known = known_ids(config_files)
     for key in keys:
         if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
             names = ", ".join(Path(p).name for p in config_files)
-            hint = f"did you mean --{close[0]}?" if close else "see the config's keys"
-            return InputError(f"--{key}: no such key in {names}; {hint} (unknown keys would be ignored)")
+            return InputError(f"--{key}: no such key in {names}; {_hint(key, known, config_files)} "
+                              "(unknown keys would be ignored)")  # fmt: skip
     return None
+
+
+def _hint(key: str, known: set[str], config_files: Sequence[str | os.PathLike]) -> str:
+    """The fix for an unknown `key`: an override config beside `config_files` that defines it and names them all in
+    its header comment (the command it goes in, as configs/inference_cluster.yaml names configs/inference.yaml;
+    the one naming the fewest configs), else the closest known key."""
+    from monai.bundle import ConfigParser
+
+    used = {Path(p).resolve() for p in config_files}
+    folder = Path(config_files[0]).parent if config_files else Path()
+    overrides = []
+    for other in sorted(folder.glob("*.yaml")):
+        if other.resolve() in used:
+            continue
+        header = "\n".join(_leading_comments(other))
+        config = ConfigParser.load_config_file(str(other))
+        if key in config and "run" not in config and all(f"{folder.name}/{Path(p).name}" in header for p in used):
+            overrides.append((header.count(".yaml"), other.name))
+    if overrides:
+        return f"it is a key of {folder.name}/{min(overrides)[1]}: add that file to --config_file"
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
+    return f"did you mean --{close[0]}?" if close else "see the config's keys"
+
+
+def _leading_comments(path: Path) -> list[str]:
+    """The comment lines a config file starts with."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line)
+    return lines
 
 
 def command_line_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:

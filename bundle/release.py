@@ -3,7 +3,7 @@
 `requirements/<group>.in` lists what a group needs (the files to edit); `requirements/<group>.txt` is its lock, made
 by pip-compile (`bash scripts/lock.sh`, which then runs this module). The runtime group gives the MONAI bundle
 spec's `monai_version`, `pytorch_version`, `numpy_version` and `required_packages_version` (every other direct
-requirement). The optional groups (tracking, dev) stay out of the metadata: MONAI 1.6 reads the spec's old
+requirement). The optional groups (tracking, cluster, dev) stay out of the metadata: MONAI 1.6 reads the spec's old
 `optional_packages_version` as a deprecated name of `required_packages_version`. Standard library only: the lock
 tool's own environment runs it.
 

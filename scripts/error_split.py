@@ -3,7 +3,7 @@
     python scripts/error_split.py runs/wda_v2/predictions [--label ../shared/data/epfl_hippocampus/training_instances.tif]
         [--slices 120-164]
 
-Reads PRED/probability.tif and PRED/density.tif (configs/inference.yaml's outputs, the predicted slices in order)
+Reads PRED's probability and density (configs/inference.yaml's outputs, TIFF or OME-Zarr, the predicted slices in order)
 and prints: Dice at foreground thresholds 0.5-0.9; Dice after eroding the foreground by 1-3 px (an outline
 systematically too wide gains, a right one loses); at 0.5, false positives in components that touch a true
 mitochondrion (outline) or not (look-alikes), and how far outline ones lie from the truth; false negatives in
@@ -23,8 +23,9 @@ import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 from skimage.measure import label as connected_components  # noqa: E402
 
-from bundle.data.io import parse_slices, read_label_instances, read_volume  # noqa: E402
+from bundle.data.io import parse_slices, read_label_instances  # noqa: E402
 from bundle.errors import OneLineParser, fail  # noqa: E402
+from bundle.inference.prediction_folder import read_prediction  # noqa: E402
 from bundle.pseudo_labels.peaks import component_masses as density_masses  # noqa: E402
 
 
@@ -85,11 +86,8 @@ def main() -> None:
     parser.add_argument("--label", default="../shared/data/epfl_hippocampus/training_instances.tif")
     parser.add_argument("--slices", default="120-164", help="the predicted slices of the label volume")
     args = parser.parse_args()
-    for name in ("probability.tif", "density.tif"):
-        if not (args.prediction_dir / name).is_file():
-            fail(f"{args.prediction_dir / name}: not found; pass the --output_dir of configs/inference.yaml")
-    probability = read_volume(args.prediction_dir / "probability.tif")
-    density = read_volume(args.prediction_dir / "density.tif")
+    probability = read_prediction(args.prediction_dir, "probability")  # a missing one: one line naming it
+    density = read_prediction(args.prediction_dir, "density")
     instances = read_label_instances(args.label)
     instances = instances[parse_slices(args.slices, len(instances), path=args.label)]
     if instances.shape != probability.shape:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv and install the pinned lock requirements/runtime.txt, plus the optional groups named as arguments:
 #   bash scripts/setup.sh                 # runtime only (prediction, fine-tuning, training)
-#   bash scripts/setup.sh tracking dev    # + mlflow tracking + the test suite (scripts/run_tests.sh does this)
+#   bash scripts/setup.sh tracking dev    # + mlflow tracking + the test suite
+#   bash scripts/setup.sh cluster         # + dask/distributed: blockwise prediction (configs/inference_cluster.yaml)
+# scripts/run_tests.sh installs tracking, cluster and dev.
 # torch==2.13.0 resolves to the CPU wheel on this machine. GPU users: install a CUDA build of torch 2.13.0 into
 # .venv first; the lock then keeps it. To change a requirement, edit requirements/*.in and run scripts/lock.sh.
 set -euo pipefail
@@ -9,7 +11,7 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 locks=(-r requirements/runtime.txt)
 for group in "$@"; do
-    [ -f "requirements/$group.txt" ] || { echo "setup.sh: error: requirements/$group.txt: no such group; use tracking or dev" >&2; exit 2; }
+    [ -f "requirements/$group.txt" ] || { echo "setup.sh: error: requirements/$group.txt: no such group; use tracking, cluster or dev" >&2; exit 2; }
     locks+=(-r "requirements/$group.txt")
 done
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv

@@ -1,6 +1,10 @@
-"""VolumePredictor on synthetic volumes: outputs, unique ids, no partial files; load_slices and paper recipe."""
+"""VolumePredictor on synthetic volumes: outputs (TIFF and OME-Zarr folders), unique ids, no partial files;
+load_slices and paper recipe."""
 
 from __future__ import annotations
+
+import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +15,10 @@ from monai.inferers import SlidingWindowInferer
 
 from bundle.data.dataset import load_slices
 from bundle.data.io import read_volume
-from bundle.inference import VolumePredictor
+from bundle.data.pixel_size import file_pixel_size
+from bundle.inference import VolumePredictor, write_instances_3d
+from bundle.inference.prediction_folder import read_prediction
+from bundle.metrics.evaluate import evaluate_predictions
 from bundle.networks import MultiTaskUNet, load_checkpoint
 from tests.helpers import REPO, VNC, need, raises_one_line
 
@@ -40,6 +47,37 @@ def test_predictor_writes_three_stacks_with_unique_ids(volume_path, tmp_path) ->
     instances = read_volume(files["instances.tif"])
     assert instances[:, 0, :2].tolist() == [[1, 2], [3, 4], [5, 6]]  # ids continue across slices
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["density.tif", "instances.tif", "probability.tif"]
+
+
+def test_ome_zarr_prediction_folder_is_linked_scored_and_rewritten(volume_path, tmp_path) -> None:
+    """An --output_dir ending in .zarr: one OME-Zarr image per output (chunks of a slice, the input's pixel size),
+    linked in 3D and scored there; a new prediction drops the earlier linking; a failed one leaves no image."""
+    out = tmp_path / "pred.ome.zarr"
+    files = _predictor(pixel_size=(8.0, 6.0))(volume_path, out)
+    assert sorted(files) == ["density", "instances", "probability"]
+    assert read_prediction(out, "instances").dtype == np.uint32 and file_pixel_size(files["density"]) == (8.0, 6.0)
+    assert json.loads((files["probability"] / "0" / ".zarray").read_text())["chunks"] == [1, 80, 96]
+    tiff = read_volume(_predictor()(volume_path, tmp_path / "tif")["probability.tif"])
+    np.testing.assert_array_equal(read_prediction(out, "probability"), tiff)
+    linked = write_instances_3d(out)
+    assert sorted(linked) == ["instances_3d", "instances_3d.csv"]
+    assert file_pixel_size(linked["instances_3d"]) == (8.0, 6.0)
+    label = tmp_path / "label.tif"
+    mask = (read_prediction(out, "probability") > 0.5).astype(np.uint8) * 255
+    tifffile.imwrite(label, mask, photometric="minisblack")
+    scores = evaluate_predictions(out, label, tmp_path / "scores", overlay_slices=[])
+    assert scores["dice"] > 0.99 and "ap50" in scores  # the 3D AP from OUT.ome.zarr/instances_3d
+    _predictor()(volume_path, out)
+    assert sorted(p.name for p in out.iterdir()) == [".zattrs", ".zgroup", "density", "instances", "probability"]
+    def broken(probability, density):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        _predictor(postprocessing=broken)(volume_path, out)
+    assert sorted(p.name for p in out.iterdir()) == [".zattrs", ".zgroup", "density", "instances", "probability"]
+    shutil.rmtree(out / "density")
+    (out / "density").write_text("")
+    raises_one_line(_predictor(), volume_path, out, name="is a file where this run writes a folder")
 
 
 def test_predictor_failure_leaves_no_partial_files(volume_path, tmp_path) -> None:
@@ -114,7 +152,8 @@ def test_predictor_reads_every_format_slice_by_slice(volume_path, tmp_path) -> N
     with mrcfile.new(tmp_path / "vol.mrc") as mrc:
         mrc.set_data(data.astype(np.int16))
     for name in ("vol.h5", "vol.nii.gz", "slices", "vol.zarr", "vol.ome.zarr", "vol.mrc"):
-        probability = read_volume(_predictor()(tmp_path / name, tmp_path / f"out_{name}")["probability.tif"])
+        _predictor()(tmp_path / name, tmp_path / f"out_{name}")  # out_vol.zarr, out_vol.ome.zarr: OME-Zarr outputs
+        probability = read_prediction(tmp_path / f"out_{name}", "probability")
         np.testing.assert_allclose(probability, reference, atol=1e-6, err_msg=name)
     tifffile.imwrite(tmp_path / "one.tif", data[1], photometric="minisblack")  # a 2D image is one slice
     one = read_volume(_predictor()(tmp_path / "one.tif", tmp_path / "out_one")["probability.tif"])

@@ -96,6 +96,16 @@ def test_mistyped_key_is_refused_with_the_closest_one(real_crops: dict[str, Path
     assert not (tmp_path / "out").exists()
 
 
+def test_a_key_of_an_override_config_names_that_config() -> None:
+    """`--workers` on inference.yaml alone: the fix is configs/inference_cluster.yaml, not the closest key."""
+    error = unknown_override(["workers"], [REPO / "configs" / "inference.yaml"])
+    assert "it is a key of configs/inference_cluster.yaml: add that file to --config_file" in str(error), error
+    error = unknown_override(["target_points"], [REPO / "configs" / "train.yaml"])
+    assert "configs/finetune.yaml" in str(error), error  # the override nearest to train.yaml, not adapt_cafa.yaml
+    error = unknown_override(["image"], [REPO / "configs" / "inference.yaml"])
+    assert "did you mean --input_image" in str(error), error  # evaluate.yaml is a command of its own
+
+
 def test_inference_needs_its_input(tmp_path: Path) -> None:
     result = run_bundle("--config_file", "configs/inference.yaml", "--output_dir", str(tmp_path / "out"))
     assert_one_line_error(result, "input_image", "--input_image VOL")

@@ -34,6 +34,7 @@ __all__ = [
     "check_finite",
     "check_same_shape",
     "instances_from_mask",
+    "is_zarr_path",
     "parse_slices",
     "read_instances",
     "read_label_instances",
@@ -328,12 +329,18 @@ def write_tiff(path: PathLike, volume: np.ndarray) -> None:
         )
 
 
+def is_zarr_path(path: PathLike) -> bool:
+    """True for a path that ends with, or lies in a folder that ends with, `.zarr` (`OUT.ome.zarr`,
+    `OUT.ome.zarr/probability`): what is written there is OME-Zarr."""
+    return any(part.lower().endswith(".zarr") for part in Path(os.fspath(path)).expanduser().parts)
+
+
 def write_volume(path: PathLike, volume: np.ndarray, pixel_size: PixelSize | None = None) -> None:
     """Write a (Z, Y, X) (or 2D) array in the format its path names, atomically: a `.tif`/`.tiff` file
-    (`write_tiff`), or an OME-Zarr image at a path that ends with, or lies in a folder that ends with, `.zarr`
-    (`OUT.ome.zarr`, `OUT.ome.zarr/probability`: `write_ome_zarr`, with `pixel_size` (y, x nm) when known)."""
+    (`write_tiff`), or an OME-Zarr image at a zarr path (`is_zarr_path`: `write_ome_zarr`, with `pixel_size`
+    (y, x nm) when known)."""
     final = Path(os.fspath(path)).expanduser()
-    if any(part.lower().endswith(".zarr") for part in final.parts):
+    if is_zarr_path(final):
         write_ome_zarr(final, volume, pixel_size)
     elif final.name.lower().endswith(TIFF_SUFFIXES):
         write_tiff(final, volume)

@@ -96,8 +96,7 @@ def adaptation_checks(run_dir: str | os.PathLike, prediction_dir: str | os.PathL
     `slices` (original z; `holdout` the held-out clicks, original z, y, x). A final held-out click recall more than
     `margin` below the starting model's is a warning: adaptation made the model worse on this volume. `best_round`
     names a round whose model beat the final one by more than `margin` (see `best_round`)."""
-    import tifffile
-
+    from bundle.inference.prediction_folder import open_prediction
     from bundle.pseudo_labels.rounds import click_checks, slice_checks
 
     rounds = []
@@ -105,10 +104,11 @@ def adaptation_checks(run_dir: str | os.PathLike, prediction_dir: str | os.PathL
         summary = json.loads(path.read_text())
         rounds.append({key: summary.get(key) for key in ("round", "holdout_click_recall", "instance_count",
                                                          "density_count", "outline_rule")})  # fmt: skip
-    prediction_dir = Path(prediction_dir)
-    probability = tifffile.imread(prediction_dir / "probability.tif", key=list(slices))
-    density = tifffile.imread(prediction_dir / "density.tif", key=list(slices))
-    probability, density = probability.reshape(-1, *probability.shape[-2:]), density.reshape(-1, *density.shape[-2:])
+    maps = []
+    for name in ("probability", "density"):  # of the adapted slices only
+        with open_prediction(prediction_dir, name) as volume:
+            maps.append(np.stack([volume[z] for z in slices]))
+    probability, density = maps
     holdout = np.asarray(holdout, dtype=np.int64).reshape(-1, 3)
     final = click_checks([slice_checks(p, d, holdout[holdout[:, 0] == z][:, 1:]) for p, d, z in zip(probability, density, slices)])
     start = rounds[0]["holdout_click_recall"] if rounds else None

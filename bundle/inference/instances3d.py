@@ -3,7 +3,8 @@
 The `components` method runs in bounded memory: `BlockComponents` labels blocks of `block_slices` whole slices
 (blocks along z only), merges the labels that touch across the faces between blocks and drops objects under
 `min_size` by their merged size, so that its ids equal those of labelling the whole volume at once
-(`label_instances`). `write_instances_3d` writes them one TIFF page at a time while `InstanceTable` accumulates
+(`label_instances`). `write_instances_3d` writes them one slice at a time (TIFF pages, or an OME-Zarr image's chunks in an OME-Zarr
+prediction folder, `bundle.inference.prediction_folder`) while `InstanceTable` accumulates
 the per-instance table from the same blocks. Memory: about `BYTES_PER_BLOCK_VOXEL` per voxel of a block (one block
 of probability, its foreground and its labels) and a few numbers per block label; never the whole volume.
 
@@ -23,7 +24,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-import tifffile
 from scipy import ndimage as ndi
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as graph_components
@@ -32,11 +32,11 @@ from skimage.measure import label as connected_components
 from bundle.data.io import SliceVolume, check_finite
 from bundle.errors import InputError, input_error
 from bundle.inference.postprocess import kept_ids, label_instances
+from bundle.inference.prediction_folder import LINKED, LINKED_TABLE, open_prediction, prediction_path, slice_writers
 from bundle.outputs import atomic_output
 
 TABLE_COLUMNS = ("id", "volume", "z0", "y0", "x0", "z1", "y1", "x1", "centroid_z", "centroid_y", "centroid_x")
 VOLUME_UM3 = "volume_um3"  # the last column, when the voxel size is known
-OUTPUT_FILES = ("instances_3d.tif", "instances_3d.csv")
 BLOCK_SLICES = 16  # slices labelled at a time by default (2.7 GB for slices of 4096 x 4096)
 BYTES_PER_BLOCK_VOXEL = 10  # peak of BlockComponents and InstanceTable per voxel of a block (tracemalloc)
 WATERSHED_BYTES_PER_VOXEL = 40  # peak of label_instances(method="watershed") per voxel, inputs included
@@ -251,30 +251,18 @@ def write_instance_table(path: str | os.PathLike, table: dict[str, np.ndarray]) 
     return path
 
 
-def _prediction_volume(prediction_dir: Path, name: str) -> SliceVolume:
-    """The prediction `name` ("probability", "density") of a prediction folder, opened to be read block by block."""
-    path = prediction_dir / f"{name}.tif"
-    if not path.is_file():
-        raise input_error(path, "prediction file not found",
-                          f"run configs/inference.yaml with --output_dir {prediction_dir}")  # fmt: skip
-    return SliceVolume(path)
-
-
-def _write_instances_tiff(
-    path: Path, shape: tuple[int, int, int], blocks: Iterable[tuple[int, np.ndarray, np.ndarray]], table: InstanceTable
+def _write_instances(
+    prediction_dir: Path, shape: tuple[int, int, int], blocks: Iterable[tuple[int, np.ndarray, np.ndarray]],
+    table: InstanceTable,
 ) -> None:
-    """Write the (Z, Y, X) instance ids (uint32) of consecutive (first slice, labels, ids) blocks one TIFF page at a
-    time, adding each block to `table`."""
-
-    def pages() -> Iterator[np.ndarray]:
+    """Write the (Z, Y, X) instance ids (uint32) of consecutive (first slice, labels, ids) blocks one slice at a time
+    into the prediction folder's layout (`slice_writers`), adding each block to `table`."""
+    with slice_writers(prediction_dir, shape, names=(LINKED,)) as (writer,):
         for start, labels, ids in blocks:
             table.add(labels, start, ids)
             ids = ids.astype(np.uint32)
-            yield from (ids[plane] for plane in labels)
-
-    with atomic_output(path) as partial, tifffile.TiffWriter(partial, bigtiff=np.prod(shape) * 4 > 2**31) as writer:
-        writer.write(pages(), shape=shape, dtype=np.uint32, photometric="minisblack", compression="zlib",
-                     metadata={"axes": "ZYX"})  # fmt: skip
+            for z, plane in enumerate(labels, start):
+                writer.write(z, ids[plane])
 
 
 def _memory_limit_bytes(memory_limit_gb: float | None) -> float:
@@ -304,7 +292,8 @@ def write_instances_3d(
     z_spacing: float | None = None,
     memory_limit_gb: float | None = None,
 ) -> dict[str, Path]:
-    """Read probability.tif (and density.tif) of a prediction folder, write instances_3d.tif and instances_3d.csv.
+    """Read the probability (and density) of a prediction folder, write instances_3d (.tif, or an OME-Zarr image in
+    an OME-Zarr folder) and instances_3d.csv there.
 
     Args:
         prediction_dir: the --output_dir of configs/inference.yaml.
@@ -325,13 +314,14 @@ def write_instances_3d(
     voxel_size = (float(z_spacing), *map(float, pixel_size)) if pixel_size and z_spacing else None
     if voxel_size is None:
         logger.info("instances_3d.csv: volumes in voxels only (pass --pixel_size and --z_spacing for volume_um3)")
-    finals = {name: prediction_dir / name for name in OUTPUT_FILES}
-    with _prediction_volume(prediction_dir, "probability") as probability:
+    volume_path = prediction_path(prediction_dir, LINKED)
+    finals = {volume_path.name: volume_path, LINKED_TABLE: prediction_dir / LINKED_TABLE}
+    with open_prediction(prediction_dir, "probability") as probability:
         if method == "components":
             components = BlockComponents(probability, threshold, min_size, block_slices)
             count, blocks = components.count, components.blocks()
         else:
-            with _prediction_volume(prediction_dir, "density") as density:
+            with open_prediction(prediction_dir, "density") as density:
                 need = WATERSHED_BYTES_PER_VOXEL * float(np.prod(probability.shape))
                 limit = _memory_limit_bytes(memory_limit_gb)
                 if need > limit:
@@ -344,6 +334,6 @@ def write_instances_3d(
             count = int(instances.max(initial=0))
             blocks = [(0, instances, np.arange(count + 1, dtype=np.int32))]  # in memory already: one block
         table = InstanceTable(count, voxel_size)
-        _write_instances_tiff(finals["instances_3d.tif"], probability.shape, blocks, table)
-    write_instance_table(finals["instances_3d.csv"], table.table())
+        _write_instances(prediction_dir, probability.shape, blocks, table)
+    write_instance_table(finals[LINKED_TABLE], table.table())
     return finals

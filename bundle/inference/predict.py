@@ -1,7 +1,9 @@
-"""Sliding-window prediction of whole EM volumes, slice by slice, into probability/density/instance TIFFs.
+"""Sliding-window prediction of whole EM volumes, slice by slice, into a prediction folder (TIFF or OME-Zarr).
 
 The input is read one slice at a time (`SliceVolume`) and each slice is normalised on its own, so the memory
-needed depends on the slice size, not on the number of slices.
+needed depends on the slice size, not on the number of slices. The folder's layout follows its path
+(`bundle.inference.prediction_folder`): DIR/probability.tif, density.tif, instances.tif, or the OME-Zarr images
+OUT.ome.zarr/probability, /density, /instances.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import tifffile
 import torch
 from monai.inferers import Inferer, SlidingWindowInferer
 from tqdm import tqdm
@@ -19,13 +20,16 @@ from tqdm import tqdm
 from bundle.data.dataset import normalize_slice
 from bundle.data.io import SliceVolume, parse_slices
 from bundle.data.pixel_size import resample_slice, scaled_shape
+from bundle.data.readers import PixelSize
 from bundle.errors import InputError
 from bundle.inference.postprocess import instances_from_prediction, split_output
-from bundle.outputs import atomic_outputs, check_output_dir, claim_output_dir
-
-OUTPUT_FILES = ("probability.tif", "density.tif", "instances.tif")
-# derived from an earlier instances.tif (configs/inference.yaml --instances_3d True writes them again after this run)
-DERIVED_FILES = ("instances_3d.tif", "instances_3d.csv")
+from bundle.inference.prediction_folder import (
+    PREDICTIONS,
+    check_prediction_dir,
+    claim_prediction_dir,
+    prediction_path,
+    slice_writers,
+)
 
 
 @torch.no_grad()
@@ -45,8 +49,26 @@ def predict_slice(network: torch.nn.Module, inferer: Inferer, image: np.ndarray,
     return probability[0, 0].cpu().numpy(), density[0, 0].cpu().numpy()
 
 
+def open_input(input_image: str | os.PathLike | None) -> SliceVolume:
+    """The volume to predict, opened lazily; a missing `--input_image` is a one-line InputError."""
+    if input_image is None or not os.fspath(input_image).strip():
+        raise InputError("input_image: no volume given; pass --input_image VOL (the EM volume to predict)")
+    return SliceVolume(input_image)
+
+
 class VolumePredictor:
-    """Predict a (Z, Y, X) volume slice by slice and write probability.tif, density.tif and instances.tif."""
+    """Predict a (Z, Y, X) volume slice by slice into a prediction folder: probability, density and instances, as
+    TIFF files or, in a folder whose path ends with `.zarr`, OME-Zarr images (`bundle.inference.prediction_folder`).
+
+    Args:
+        network: the multitask network (weights loaded).
+        inferer: the sliding-window inferer of one slice.
+        postprocessing: (probability, density) -> instance ids of one slice, from 1.
+        device: where the network runs.
+        progress: show a progress bar.
+        scale: (y, x) factors from the input's pixels to the model's (`bundle.data.pixel_size.model_scale`).
+        pixel_size: (y, x) nm per pixel of the input, written into OME-Zarr outputs when known.
+    """
 
     def __init__(
         self,
@@ -56,6 +78,7 @@ class VolumePredictor:
         device: str | torch.device = "cpu",
         progress: bool = True,
         scale: Sequence[float] = (1.0, 1.0),
+        pixel_size: PixelSize | None = None,
     ) -> None:
         self.network = network.eval()
         self.inferer = inferer
@@ -63,6 +86,7 @@ class VolumePredictor:
         self.device = torch.device(device)
         self.progress = progress
         self.scale = (float(scale[0]), float(scale[-1]))  # (y, x) factors from the input's pixels to the model's
+        self.pixel_size = pixel_size
 
     def predict_image(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(probability, density, instances) of one normalised 2D slice, on its own grid whatever `scale` is;
@@ -75,42 +99,29 @@ class VolumePredictor:
         return probability, density, self.postprocessing(probability, density)
 
     def __call__(self, input_image: str | os.PathLike, output_dir: str | os.PathLike, slices: str | Sequence[int] | None = None) -> dict[str, Path]:
-        """Predict `input_image` (optionally only `slices`) into `output_dir`; files appear only when complete."""
-        if input_image is None or not os.fspath(input_image).strip():
-            raise InputError("input_image: no volume given; pass --input_image VOL (the EM volume to predict)")
-        with SliceVolume(input_image) as volume:
+        """Predict `input_image` (optionally only `slices`) into `output_dir`; outputs appear only when complete.
+        Returns the outputs by name (probability.tif, ... or probability, ...)."""
+        with open_input(input_image) as volume:
             indices = parse_slices(slices, len(volume), path=str(input_image))
-            check_output_dir(output_dir, OUTPUT_FILES)
+            check_prediction_dir(output_dir)
             # The first slice is checked before anything is created, so a blank or NaN image writes nothing.
             first = normalize_slice(volume[indices[0]], input_image, indices[0])
-            output_dir = claim_output_dir(output_dir, OUTPUT_FILES, stale=DERIVED_FILES)
+            output_dir = claim_prediction_dir(output_dir)
             return self._write(volume, indices, first, output_dir)
 
     def _write(self, volume: SliceVolume, indices: list[int], first: np.ndarray | None, output_dir: Path) -> dict[str, Path]:
-        """Predict the slices `indices` of `volume` page by page into temporary files, renamed when all are done."""
-        finals = [output_dir / name for name in OUTPUT_FILES]
-        with atomic_outputs(finals) as partials:
-            writers = [tifffile.TiffWriter(path, bigtiff=self._bigtiff(volume, indices)) for path in partials]
+        """Predict the slices `indices` of `volume` slice by slice into temporary outputs, renamed when all are done."""
+        shape = (len(indices), *volume.shape[1:])
+        with slice_writers(output_dir, shape, self.pixel_size) as writers:
             offset = 0
-            try:
-                for z in tqdm(indices, desc=f"predict {volume.path.name}", unit="slice", disable=not self.progress):
-                    image = normalize_slice(volume[z], volume.path, z) if first is None else first
-                    first = None  # not kept alive for the whole volume
-                    probability, density, instances = self.predict_image(image)
-                    instances = instances.astype(np.uint32, copy=False)
-                    instances[instances > 0] += offset  # ids unique across the volume
-                    offset = max(offset, int(instances.max()))
-                    for writer, page in zip(writers, (probability, density, instances)):
-                        # metadata=None: plain pages of one shape, which TIFF readers stack into one (Z, Y, X)
-                        # series. Float maps stay uncompressed: zlib saves ~10 % for ~2 s CPU per 4096² page.
-                        compression = None if page.dtype.kind == "f" else "zlib"
-                        writer.write(page, compression=compression, metadata=None, photometric="minisblack")
-            finally:
-                for writer in writers:
-                    writer.close()
-        return dict(zip(OUTPUT_FILES, finals))
-
-    @staticmethod
-    def _bigtiff(volume: SliceVolume, indices: list[int]) -> bool:
-        """BigTIFF when a float32 output file could come near the 4 GB limit of classic TIFF."""
-        return len(indices) * volume.shape[1] * volume.shape[2] * 4 > 2**31
+            bar = tqdm(indices, desc=f"predict {volume.path.name}", unit="slice", disable=not self.progress)
+            for i, z in enumerate(bar):
+                image = normalize_slice(volume[z], volume.path, z) if first is None else first
+                first = None  # not kept alive for the whole volume
+                probability, density, instances = self.predict_image(image)
+                instances = instances.astype(np.uint32, copy=False)
+                instances[instances > 0] += offset  # ids unique across the volume
+                offset = max(offset, int(instances.max()))
+                for writer, page in zip(writers, (probability, density, instances)):
+                    writer.write(i, page)
+        return {path.name: path for path in (prediction_path(output_dir, name) for name in PREDICTIONS)}

@@ -1,4 +1,5 @@
-"""Score a prediction folder (probability.tif, instances.tif) against instance labels into metrics.json (+ overlays)."""
+"""Score a prediction folder (probability and instances, TIFF or OME-Zarr) against instance labels into metrics.json
+(+ overlays)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from bundle.data.io import parse_slices, read_label_instances, read_volume
 from bundle.errors import InputError
+from bundle.inference.prediction_folder import prediction_path, read_prediction, require_predictions
 from bundle.metrics.instance import instance_scores
 from bundle.metrics.instance_ap import prediction_dir_ap
 from bundle.metrics.overlay import error_overlay
@@ -97,18 +99,16 @@ def evaluate_predictions(
     true positives green, false positives red, false negatives blue, at `threshold`. Everything is checked first.
     """
     prediction_dir, output_dir = Path(prediction_dir), Path(output_dir)
-    for name in ("probability.tif", "instances.tif"):
-        if not (prediction_dir / name).is_file():
-            raise InputError(f"{prediction_dir / name}: prediction file not found; run configs/inference.yaml with --output_dir {prediction_dir}")
+    require_predictions(prediction_dir, ("probability", "instances"))
     check_output_dir(output_dir, ["metrics.json"])
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
         raise InputError(f"threshold: {threshold!r} is not a probability threshold; pass a value between 0 and 1, e.g. 0.5")
-    probability = read_volume(prediction_dir / "probability.tif")
+    probability = read_prediction(prediction_dir, "probability")
     low, high = float(probability.min()), float(probability.max())
     if low < 0 or high > 1:
-        raise InputError(f"{prediction_dir / 'probability.tif'}: values in [{low:g}, {high:g}] are not probabilities; "
-                         "pass the probability.tif that configs/inference.yaml wrote")  # fmt: skip
-    instances = read_volume(prediction_dir / "instances.tif")
+        raise InputError(f"{prediction_path(prediction_dir, 'probability')}: values in [{low:g}, {high:g}] are not "
+                         "probabilities; pass the probability that configs/inference.yaml wrote")  # fmt: skip
+    instances = read_prediction(prediction_dir, "instances")
     label_volume = read_label_instances(label, threshold=mask_threshold)
     labels = _matching_slices(label_volume, len(probability), slices, str(label))
     if probability.shape != labels.shape or instances.shape != labels.shape:

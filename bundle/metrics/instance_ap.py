@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from skimage.measure import label as connected_components
 
 from bundle.data.io import read_volume
 from bundle.errors import InputError
+from bundle.inference.prediction_folder import LINKED, prediction_path
 from bundle.metrics.instance import _overlaps, _relabel
 
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # COCO's 101 recall thresholds 0, 0.01, ..., 1
@@ -98,9 +98,10 @@ def gt_instances_3d(labels: np.ndarray) -> np.ndarray:
 
 
 def prediction_dir_ap(prediction_dir: str | os.PathLike, labels: np.ndarray, probability: np.ndarray | None = None) -> dict[str, float]:
-    """{"ap50", "ap75"} of prediction_dir/instances_3d.tif against (Z, Y, X) `labels`; {} when that file is absent."""
-    path = Path(prediction_dir) / "instances_3d.tif"
-    if not path.is_file():
+    """{"ap50", "ap75"} of prediction_dir's instances_3d (TIFF or OME-Zarr) against (Z, Y, X) `labels`; {} when it is
+    absent."""
+    path = prediction_path(prediction_dir, LINKED)
+    if not path.exists():
         return {}
     pred = read_volume(path)
     if pred.shape != np.shape(labels):

@@ -21,6 +21,7 @@ from bundle.outputs import atomic_output
 METADATA_FILES = ("zarr.json", ".zarray", ".zgroup")  # one of them marks a zarr v3 node, a v2 array or a v2 group
 LEGACY_AXES = ("t", "c", "z", "y", "x")  # OME-Zarr v0.1/v0.2 images have no `axes`: 5D, in this order
 OME_VERSION = "0.4"  # what `write_ome_zarr` writes (zarr v2, readable by every OME-Zarr viewer today)
+LEVEL_0 = "0"  # the path of the one level `create_ome_zarr` writes
 AXES_FIX = "write one channel of one time point as a (z, y, x) image (leading c or t axes of size 1 are read)"
 
 
@@ -204,36 +205,55 @@ class ZarrReader(VolumeReader):
         return self.volume(path, key).pixel_size
 
 
-def write_ome_zarr(path: str | os.PathLike, volume: np.ndarray, pixel_size: PixelSize | None = None) -> None:
-    """Write a (Z, Y, X) (or 2D) array as an OME-Zarr v0.4 image at `path`, level 0 only, one chunk per slice.
+def create_ome_zarr(
+    path: str | os.PathLike,
+    shape: tuple[int, ...],
+    dtype: np.dtype | type,
+    chunks: tuple[int, ...] | None = None,
+    pixel_size: PixelSize | None = None,
+    name: str | None = None,
+) -> Any:
+    """Create an empty OME-Zarr v0.4 image of a (Z, Y, X) (or 2D) `shape` at `path` and return its level-0 array
+    (zarr v2, writable), for outputs written one block at a time; an image already at `path` is replaced.
 
-    The image is written beside `path` and renamed there when complete (`atomic_output`; an image already there is
-    replaced). The folders above it, from the outermost one named `.zarr` down (`OUT.ome.zarr` for
-    `OUT.ome.zarr/probability`), become zarr groups if they are not. `pixel_size` (y, x nm), when known, is the y
-    and x axes' scale in nanometres.
+    The folders above it, from the outermost one named `.zarr` down (`OUT.ome.zarr` for `OUT.ome.zarr/probability`),
+    become zarr groups if they are not. `chunks` defaults to one slice; `pixel_size` (y, x nm), when known, is the y
+    and x axes' scale in nanometres; `name` (default: the folder's name) is the image's name in its metadata.
     """
     import zarr
 
-    volume = np.asarray(volume)
-    if volume.ndim not in (2, 3):
-        raise ValueError(f"write_ome_zarr expects a 2D or (Z, Y, X) array, got shape {volume.shape}")
-    if volume.dtype == np.bool_:
-        volume = volume.astype(np.uint8)
+    if len(shape) not in (2, 3):
+        raise ValueError(f"create_ome_zarr expects a 2D or (Z, Y, X) shape, got {shape}")
     final = Path(os.fspath(path)).expanduser()
     inside = False
     for folder in reversed(final.parents):  # every folder from the outermost `.zarr` down is a group
         inside = inside or folder.name.lower().endswith(".zarr")
         if inside and not any((folder / f).is_file() for f in METADATA_FILES):
             zarr.open_group(str(folder), mode="a", zarr_format=2)
-    axes = [{"name": name, "type": "space"} for name in "zyx"[-volume.ndim :]]
-    scale = [1.0] * volume.ndim
+    axes = [{"name": axis, "type": "space"} for axis in "zyx"[-len(shape) :]]
+    scale = [1.0] * len(shape)
     if pixel_size is not None:
         for axis in axes[-2:]:
             axis["unit"] = "nanometer"
         scale[-2:] = [float(v) for v in pixel_size]
-    image = {"version": OME_VERSION, "name": final.name, "axes": axes,
-             "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}  # fmt: skip
+    level = {"path": LEVEL_0, "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+    image = {"version": OME_VERSION, "name": name or final.name, "axes": axes, "datasets": [level]}
+    group = zarr.open_group(str(final), mode="w", zarr_format=2, attributes={"multiscales": [image]})
+    chunks = chunks or (1,) * (len(shape) - 2) + tuple(shape[-2:])
+    return group.create_array(LEVEL_0, shape=tuple(shape), dtype=dtype, chunks=chunks)
+
+
+def write_ome_zarr(path: str | os.PathLike, volume: np.ndarray, pixel_size: PixelSize | None = None) -> None:
+    """Write a (Z, Y, X) (or 2D) array as an OME-Zarr v0.4 image at `path`, level 0 only, one chunk per slice.
+
+    The image is written beside `path` and renamed there when complete (`atomic_output`; an image already there is
+    replaced); the folders above it and `pixel_size` are as in `create_ome_zarr`.
+    """
+    volume = np.asarray(volume)
+    if volume.ndim not in (2, 3):
+        raise ValueError(f"write_ome_zarr expects a 2D or (Z, Y, X) array, got shape {volume.shape}")
+    if volume.dtype == np.bool_:
+        volume = volume.astype(np.uint8)
+    final = Path(os.fspath(path)).expanduser()
     with atomic_output(final) as tmp:
-        group = zarr.open_group(str(tmp), mode="w", zarr_format=2, attributes={"multiscales": [image]})
-        chunks = (1,) * (volume.ndim - 2) + volume.shape[-2:]
-        group.create_array("0", shape=volume.shape, dtype=volume.dtype, chunks=chunks)[...] = volume
+        create_ome_zarr(tmp, volume.shape, volume.dtype, pixel_size=pixel_size, name=final.name)[...] = volume
