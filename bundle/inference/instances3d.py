@@ -32,7 +32,14 @@ from skimage.measure import label as connected_components
 from bundle.data.io import SliceVolume, check_finite
 from bundle.errors import InputError, input_error
 from bundle.inference.postprocess import kept_ids, label_instances
-from bundle.inference.prediction_folder import LINKED, LINKED_TABLE, open_prediction, prediction_path, slice_writers
+from bundle.inference.prediction_folder import (
+    LINKED,
+    LINKED_TABLE,
+    folder_pixel_size,
+    open_prediction,
+    prediction_path,
+    slice_writers,
+)
 from bundle.outputs import atomic_output
 
 TABLE_COLUMNS = ("id", "volume", "z0", "y0", "x0", "z1", "y1", "x1", "centroid_z", "centroid_y", "centroid_x")
@@ -256,8 +263,9 @@ def _write_instances(
     table: InstanceTable,
 ) -> None:
     """Write the (Z, Y, X) instance ids (uint32) of consecutive (first slice, labels, ids) blocks one slice at a time
-    into the prediction folder's layout (`slice_writers`), adding each block to `table`."""
-    with slice_writers(prediction_dir, shape, names=(LINKED,)) as (writer,):
+    into the prediction folder's layout (`slice_writers`; in an OME-Zarr folder with its probability image's pixel
+    size), adding each block to `table`."""
+    with slice_writers(prediction_dir, shape, folder_pixel_size(prediction_dir), names=(LINKED,)) as (writer,):
         for start, labels, ids in blocks:
             table.add(labels, start, ids)
             ids = ids.astype(np.uint32)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bundle.data.io import SliceVolume, is_zarr_path, read_volume, write_volume
+from bundle.data.io import SliceVolume, is_zarr_path, read_volume
 from bundle.data.pixel_size import file_pixel_size
 from bundle.data.readers import PixelSize
 from bundle.data.readers.zarr import METADATA_FILES, create_ome_zarr, multiscales
@@ -99,13 +99,10 @@ def read_prediction(prediction_dir: str | os.PathLike, name: str) -> np.ndarray:
     return read_volume(prediction_path(prediction_dir, name))
 
 
-def write_prediction(prediction_dir: str | os.PathLike, name: str, volume: np.ndarray) -> Path:
-    """Write a whole (Z, Y, X) volume `name` into a prediction folder's layout, atomically (in an OME-Zarr folder
-    with the pixel size of its probability image); return its path."""
-    path = prediction_path(prediction_dir, name)
-    pixel_size = file_pixel_size(prediction_path(prediction_dir, "probability")) if is_zarr_path(path) else None
-    write_volume(path, np.asarray(volume).astype(DTYPES[name], copy=False), pixel_size)
-    return path
+def folder_pixel_size(prediction_dir: str | os.PathLike) -> PixelSize | None:
+    """The pixel size an OME-Zarr prediction folder states (its probability image's), for the volumes added to it
+    later; None in the TIFF layout."""
+    return file_pixel_size(prediction_path(prediction_dir, "probability")) if is_zarr_path(prediction_dir) else None
 
 
 class _TiffPages:
