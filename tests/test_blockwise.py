@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -102,7 +103,7 @@ def _assert_same(found: dict[str, np.ndarray], expected: dict[str, np.ndarray]) 
     assert found["instances"].dtype == np.uint32
 
 
-def test_blockwise_equals_one_process_and_is_scored_by_evaluate(volume, checkpoint, tmp_path) -> None:
+def test_blockwise_equals_one_process_and_is_scored_by_evaluate(volume, checkpoint, tmp_path, caplog) -> None:
     slices = [0, 2, 3, 4, 6]  # not one run: output slice i is input slice slices[i]
     single = VolumePredictor(_network(checkpoint), _inferer(), progress=False, pixel_size=(5.0, 5.0))
     single(volume, tmp_path / "tif", slices)
@@ -111,7 +112,10 @@ def test_blockwise_equals_one_process_and_is_scored_by_evaluate(volume, checkpoi
     assert expected["instances"].max() > 20 and np.unique(expected["instances"][0]).size > 3  # a real test
     _assert_same(_predictions(tmp_path / "one.ome.zarr"), expected)
     out = tmp_path / "blocks.ome.zarr"
-    files = _blockwise(checkpoint, workers=2, pixel_size=(5.0, 5.0))(volume, out, slices)
+    with caplog.at_level(logging.INFO, logger="mitoda.blockwise"):
+        files = _blockwise(checkpoint, workers=2, pixel_size=(5.0, 5.0))(volume, out, slices)
+    peaks = [m for m in caplog.messages if m.startswith("peak memory of each worker: ")]
+    assert len(peaks) == 1 and peaks[0].count(" GB") == 2, caplog.messages  # a figure per worker
     assert sorted(files) == ["density", "instances", "probability"] and not (out / UNFINISHED).exists()
     _assert_same(_predictions(out), expected)
     for name in files:  # OME-Zarr images of one chunk per slice, with the input's pixel size
@@ -124,6 +128,20 @@ def test_blockwise_equals_one_process_and_is_scored_by_evaluate(volume, checkpoi
                                    overlay_slices=[]) for folder in (tmp_path / "tif", out)]  # fmt: skip
     assert scores[0]["dice"] > 0.99 and {k: v for k, v in scores[1].items() if k != "prediction_dir"} == {
         k: v for k, v in scores[0].items() if k != "prediction_dir"}  # fmt: skip
+
+
+def test_local_cluster_workers_run_without_the_nannys_malloc_trim(checkpoint) -> None:
+    """Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536 in the workers they spawn, which halves the network's speed."""
+    with _blockwise(checkpoint, processes=True)._client() as client:
+        found = client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_")
+    assert len(found) == 1 and set(found.values()) == {None}, found
+
+
+def test_workers_with_malloc_trim_are_warned(checkpoint, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # the in-process worker sees this environment
+    with caplog.at_level(logging.WARNING, logger="mitoda.blockwise"), _blockwise(checkpoint)._client():
+        pass
+    assert any("MALLOC_TRIM_THRESHOLD_" in m and blockwise.TRIM_SETTING in m for m in caplog.messages), caplog.messages
 
 
 def test_a_failed_run_resumes_without_predicting_its_finished_blocks(volume, checkpoint, counted, tmp_path) -> None:
