@@ -6,12 +6,14 @@ import json
 import math
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
 import torch
 
 from bundle.data.io import read_volume
+from bundle.metrics.overlay import LEGEND_LINE_PX
 from bundle.networks import MultiTaskUNet
 from tests.helpers import assert_one_line_error, run_bundle
 
@@ -50,6 +52,8 @@ def test_train_inference_evaluate_end_to_end(real_crops: dict[str, Path], tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("probability.tif", "density.tif", "instances.tif"):
         assert read_volume(pred_dir / name).shape == (2, 256, 256)
+    assert sorted(p.name for p in (pred_dir / "previews").iterdir()) == ["preview_z000.png", "preview_z001.png"]
+    assert "found " in result.stdout and (pred_dir / "summary.json").is_file()  # the summary of an unlabelled run
     result = run_bundle(
         "--config_file", "configs/evaluate.yaml", "--prediction_dir", str(pred_dir),
         "--label", str(real_crops["val_label"]), "--slices", "all", "--output_dir", str(score_dir),
@@ -58,6 +62,7 @@ def test_train_inference_evaluate_end_to_end(real_crops: dict[str, Path], tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((score_dir / "metrics.json").read_text())
     assert sorted(p.name for p in score_dir.glob("overlay_*.png")) == ["overlay_z000.png"]  # 22, 44: past 2 slices
+    assert iio.imread(score_dir / "overlay_z000.png").shape == (256 + 2 * LEGEND_LINE_PX + 4, 256, 3)  # + legend
     for key in ("dice", "iou", "f1", "mcc", "map", "aji", "pq"):
         assert math.isfinite(metrics[key]), (key, metrics[key])
         assert key == "mcc" or 0.0 <= metrics[key] <= 1.0, (key, metrics[key])

@@ -26,7 +26,16 @@ from bundle.metrics import (
     slice_and_volume_scores,
 )
 from bundle.metrics.evaluate import evaluate_predictions
-from bundle.metrics.overlay import error_overlay
+from bundle.metrics.overlay import (
+    FP_COLOUR,
+    LEGEND_LINE_PX,
+    OUTLINE_COLOURS,
+    TP_COLOUR,
+    error_overlay,
+    outline_overlay,
+    scale_bar,
+    with_legend,
+)
 from tests.helpers import raises_one_line
 
 APPROX = 1e-6
@@ -427,8 +436,38 @@ def test_evaluate_writes_overlays(tmp_path: Path) -> None:
     evaluate_predictions(paths["pred"], paths["label"], paths["out"], image=paths["image"], overlay_slices=[2, 0, 44])
     assert sorted(p.name for p in paths["out"].iterdir()) == ["metrics.json", "overlay_z000.png", "overlay_z002.png"]
     rgb = iio.imread(paths["out"] / "overlay_z002.png")
-    assert rgb.shape == (4, 4, 3)
+    assert rgb.shape == (4 + 2 * LEGEND_LINE_PX + 4, 4, 3)  # the slice, then two legend lines below it
     assert (tuple(rgb[0, 0]), tuple(rgb[0, 1]), tuple(rgb[1, 0])) == (TP_ON_BLACK, FP_ON_BLACK, FN_ON_BLACK)
+
+
+def test_a_legend_shows_its_swatches_and_text_below_the_image() -> None:
+    image = np.full((60, 400, 3), 128, dtype=np.uint8)
+    lines = [[(None, "vol.tif  slice 12"), (None, "Dice 0.912")], [(TP_COLOUR, "found"), (FP_COLOUR, "false positive")]]
+    rgb = with_legend(image, lines, bar=(50, "1 µm"))
+    assert rgb.shape == (60 + 2 * LEGEND_LINE_PX + 4, 400, 3)
+    np.testing.assert_array_equal(rgb[:60], image)  # the image untouched
+    strip = rgb[60:]
+    colours = {tuple(c) for c in strip.reshape(-1, 3)}
+    assert {TP_COLOUR, FP_COLOUR, (255, 255, 255)} <= colours  # swatches, white text and scale bar
+    assert np.all(strip[11:16, 400 - 6 - 50 : 400 - 6] == 255)  # the scale bar: 50 px long, at the right
+    assert {TP_COLOUR, FP_COLOUR}.isdisjoint({tuple(c) for c in strip[:LEGEND_LINE_PX].reshape(-1, 3)})  # row 2
+
+
+def test_scale_bar_is_a_round_length_near_a_fifth_of_the_width() -> None:
+    assert scale_bar(5.0, 400) == (40, "200 nm")  # 80 px x 5 nm = 400 nm -> 200 nm
+    assert scale_bar(18.4, 1024) == (109, "2 µm")
+    assert scale_bar(1.0, 1000) == (200, "200 nm")
+
+
+def test_outline_overlay_colours_the_rim_of_each_instance_by_id() -> None:
+    image = np.zeros((20, 20), dtype=np.float32)
+    image[0, 0] = 1.0
+    instances = np.zeros((20, 20), dtype=np.uint32)
+    instances[2:8, 2:8], instances[10:18, 10:18] = 1, 2
+    rgb = outline_overlay(image, instances)
+    assert tuple(rgb[2, 5]) == OUTLINE_COLOURS[1] and tuple(rgb[10, 12]) == OUTLINE_COLOURS[2]  # rims by id
+    assert tuple(rgb[5, 5]) == (0, 0, 0) and tuple(rgb[14, 14]) == (0, 0, 0)  # insides stay the grey image
+    assert tuple(rgb[0, 0]) == (255, 255, 255) and tuple(rgb[19, 0]) == (0, 0, 0)  # background: grey image
 
 
 def test_evaluate_default_and_no_overlays(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from bundle.inference.feature_inferer import FeatureInferer
 from bundle.inference.instances3d import instance_table, instances_3d, write_instance_table, write_instances_3d
 from bundle.inference.postprocess import instances_from_prediction, label_instances, split_output
 from bundle.inference.predict import VolumePredictor, predict_slice
+from bundle.inference.summary import summarize_prediction
 
 __all__ = [
     "FeatureInferer",
@@ -14,6 +15,7 @@ __all__ = [
     "label_instances",
     "predict_slice",
     "split_output",
+    "summarize_prediction",
     "write_instance_table",
     "write_instances_3d",
 ]

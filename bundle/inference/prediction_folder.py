@@ -29,6 +29,7 @@ DTYPES = {"probability": np.float32, "density": np.float32, "instances": np.uint
 LINKED = "instances_3d"  # linked into 3D from an earlier prediction (bundle.inference.write_instances_3d)
 LINKED_TABLE = "instances_3d.csv"  # its table, a CSV file in both layouts
 UNFINISHED = ".blocks"  # a blockwise run's record of its finished blocks, removed when its last block is written
+SUMMARY_OUTPUTS = ("previews/", "summary.json")  # bundle.inference.summary's, written after the predictions
 
 
 def prediction_path(prediction_dir: str | os.PathLike, name: str) -> Path:
@@ -70,7 +71,7 @@ def claim_prediction_dir(output_dir: str | os.PathLike | None, resume: bool = Fa
     what an earlier run left that this one does not write: 3D linking, and an unfinished blockwise run's record
     unless this run is one that may resume it (`resume`)."""
     path = check_prediction_dir(output_dir)
-    stale = [*linked_outputs(path), f"{UNFINISHED}.*.tmp/", *([] if resume else [f"{UNFINISHED}/"])]
+    stale = [*linked_outputs(path), *SUMMARY_OUTPUTS, f"{UNFINISHED}.*.tmp/", *([] if resume else [f"{UNFINISHED}/"])]
     return claim_output_dir(path, [output_entry(path, name) for name in PREDICTIONS], stale=stale)
 
 

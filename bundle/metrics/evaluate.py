@@ -16,7 +16,7 @@ from bundle.errors import InputError
 from bundle.inference.prediction_folder import prediction_path, read_prediction, require_predictions
 from bundle.metrics.instance import instance_scores
 from bundle.metrics.instance_ap import prediction_dir_ap
-from bundle.metrics.overlay import error_overlay
+from bundle.metrics.overlay import FN_COLOUR, FP_COLOUR, TP_COLOUR, error_overlay, with_legend
 from bundle.metrics.segmentation import slice_and_volume_scores
 from bundle.outputs import atomic_output, check_output_dir, claim_output_dir
 
@@ -96,7 +96,8 @@ def evaluate_predictions(
 
     With `image` (the EM volume of the labels), also write output_dir/overlay_zNNN.png for each scored-slice index NNN
     in `overlay_slices` (indices past the last scored slice are dropped; [] or None: no overlays): the image in grey,
-    true positives green, false positives red, false negatives blue, at `threshold`. Everything is checked first.
+    true positives green, false positives red, false negatives blue, at `threshold`, under a legend with the label
+    slice's number and its Dice. Everything is checked first.
     """
     prediction_dir, output_dir = Path(prediction_dir), Path(output_dir)
     require_predictions(prediction_dir, ("probability", "instances"))
@@ -126,7 +127,10 @@ def evaluate_predictions(
     scores = score_volume(probability.astype(np.float32), instances, labels, threshold)
     scores.update(prediction_dir_ap(prediction_dir, labels, probability))  # 3D AP50/AP75 when instances_3d.tif exists
     scores.update(prediction_dir=str(prediction_dir), label=str(label), slices=slices)
-    overlays = {z: error_overlay(volume[z], probability[z] >= threshold, labels[z] > 0) for z in drawn}
+    numbers = parse_slices(slices, len(label_volume), path=str(label))  # the label slice of each scored slice
+    overlays = {z: with_legend(error_overlay(volume[z], probability[z] >= threshold, labels[z] > 0), [
+        [(None, f"{Path(label).name}  slice {numbers[z]}"), (None, f"Dice {scores['per_slice']['dice'][z]:.3f}")],
+        [(TP_COLOUR, "found"), (FP_COLOUR, "false positive"), (FN_COLOUR, "missed")]]) for z in drawn}  # fmt: skip
     written = ["metrics.json", *(f"overlay_z{z:03d}.png" for z in overlays)]
     claim_output_dir(output_dir, written, stale=["overlay_z*.png"])  # an earlier run's other overlays: removed
     for z, rgb in overlays.items():

@@ -48,3 +48,65 @@ def error_overlay(
     for mask, colour in errors:
         rgb = tint(rgb, mask, colour, alpha)
     return to_uint8(rgb)
+
+
+# Instance outlines: one of these colours per instance id (id modulo their number), chosen to stand out on grey.
+OUTLINE_COLOURS: tuple[Colour, ...] = (
+    (255, 64, 64), (64, 200, 255), (255, 200, 0), (80, 255, 80), (255, 64, 255), (0, 255, 200),
+    (255, 128, 0), (160, 120, 255), (200, 255, 0), (255, 160, 200),
+)  # fmt: skip
+LEGEND_FONT_PX = 14  # text height of a legend line
+LEGEND_LINE_PX = 20  # height of a legend line
+
+
+def outline_overlay(image: np.ndarray, instances: np.ndarray) -> np.ndarray:
+    """uint8 (Y, X, 3) of a slice: the grey image with the outline of every instance (its two outermost pixels),
+    one colour per id."""
+    from scipy.ndimage import binary_dilation
+    from skimage.segmentation import find_boundaries
+
+    instances = np.asarray(instances)
+    if image.shape != instances.shape:
+        raise ValueError(f"image {image.shape} and instances {instances.shape} differ in shape")
+    rgb = grey_rgb(image)
+    outline = binary_dilation(find_boundaries(instances, mode="inner")) & (instances > 0)  # two pixels, inside
+    palette = np.asarray(OUTLINE_COLOURS, dtype=np.float32)
+    rgb[outline] = palette[instances[outline].astype(np.int64) % len(palette)]
+    return to_uint8(rgb)
+
+
+def scale_bar(nm_per_pixel: float, width: int) -> tuple[int, str]:
+    """A scale bar for an image `width` pixels wide at `nm_per_pixel`: its length in pixels (about a fifth of the
+    width, a round 1/2/5 x 10^k nm) and its label ('500 nm', '2 µm')."""
+    target = width / 5 * nm_per_pixel
+    step = 10 ** np.floor(np.log10(target))
+    nm = max(m * step for m in (1, 2, 5) if m * step <= target)
+    label = f"{nm / 1000:g} µm" if nm >= 1000 else f"{nm:g} nm"
+    return max(1, round(nm / nm_per_pixel)), label
+
+
+def with_legend(rgb: np.ndarray, lines: Sequence[Sequence[tuple[Colour | None, str]]],
+                bar: tuple[int, str] | None = None) -> np.ndarray:  # fmt: skip
+    """uint8 `rgb` with a black strip below it: one row of `lines` each, an item a colour swatch (None: none) and
+    its text; `bar` (length in pixels, label) draws a scale bar at the right of the first row."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    height, width = rgb.shape[:2]
+    canvas = Image.new("RGB", (width, height + LEGEND_LINE_PX * len(lines) + 4), (0, 0, 0))
+    canvas.paste(Image.fromarray(np.asarray(rgb, dtype=np.uint8)), (0, 0))
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default(size=LEGEND_FONT_PX)
+    for row, items in enumerate(lines):
+        x, y = 4, height + 4 + row * LEGEND_LINE_PX
+        for colour, text in items:
+            if colour is not None:
+                draw.rectangle((x, y + 3, x + 11, y + 14), fill=tuple(colour))
+                x += 16
+            draw.text((x, y), text, fill=(255, 255, 255), font=font)
+            x += int(draw.textlength(text, font=font)) + 14
+    if bar is not None:
+        length, label = bar
+        right, y = width - 6, height + 4
+        text_x = right - length - 8 - int(draw.textlength(label, font=font))
+        draw.text((text_x, y), label, fill=(255, 255, 255), font=font)
+        draw.rectangle((right - length, y + 7, right, y + 11), fill=(255, 255, 255))
+    return np.asarray(canvas)
