@@ -332,3 +332,25 @@ def test_a_bad_z_spacing_stops_inference_before_anything_is_written(real_crops, 
                         "--output_dir", str(tmp_path / "out"), "--instances_3d", "True", "--z_spacing", "-5")  # fmt: skip
     assert_one_line_error(result, "--z_spacing", "-5")
     assert not (tmp_path / "out").exists()
+
+
+def test_volume_in_um3_from_the_z_spacing_the_input_states(tmp_path, monkeypatch) -> None:
+    """configs/inference.yaml --instances_3d True on an OME-Zarr that states its voxel size (30 nm between slices,
+    4.6 nm pixels): instances_3d.csv has volume_um3 without --z_spacing, at the spacing of the predicted slices."""
+    import torch
+
+    from bundle.data.readers.zarr import write_ome_zarr
+    from bundle.networks import MultiTaskUNet
+
+    monkeypatch.chdir(REPO)
+    torch.manual_seed(0)
+    torch.save({"model": MultiTaskUNet(width=4).state_dict()}, tmp_path / "tiny.pt")
+    image = np.random.default_rng(0).integers(0, 255, (6, 64, 64), dtype=np.uint8)
+    write_ome_zarr(tmp_path / "vol.ome.zarr", image, pixel_size=(4.6, 4.6), z_spacing=30.0)
+    pred = tmp_path / "pred"  # every 2nd slice, at threshold 0: one instance of all their voxels
+    _parsed("configs/inference.yaml", input_image=str(tmp_path / "vol.ome.zarr"), output_dir=str(pred),
+            checkpoint=str(tmp_path / "tiny.pt"), width=4, device="$torch.device('cpu')", instances_3d=True,
+            slices="0-5:2", **{"postprocessing#threshold": 0.0})  # fmt: skip
+    rows = list(csv.DictReader((pred / "instances_3d.csv").open()))
+    assert list(rows[0]) == [*TABLE_COLUMNS, "volume_um3"] and [r["volume"] for r in rows] == [str(3 * 64 * 64)]
+    assert float(rows[0]["volume_um3"]) == pytest.approx(3 * 64 * 64 * 60 * 4.6 * 4.6 * 1e-9, rel=1e-5)  # 2 x 30 nm

@@ -1,10 +1,12 @@
-"""Pixel size: read from files, resampling to the model's scale and back (labels round-trip, the count is kept)."""
+"""Pixel size: read from files, resampling to the model's scale and back (labels round-trip, the count is kept); the
+z spacing of the predicted slices."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import h5py
+import mrcfile
 import nibabel as nib
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from bundle.data.pixel_size import (
     model_scale,
     resample_volume,
     scale_points,
+    stated_z_spacing,
 )
 from bundle.inference.predict import VolumePredictor
 from bundle.networks import MultiTaskUNet
@@ -74,6 +77,28 @@ def test_the_scale_comes_from_the_option_then_the_file_then_the_model(tmp_path: 
     assert as_pixel_size("8") == as_pixel_size(8) == as_pixel_size([8]) == (8.0, 8.0)
     for bad in ("x", 0, -3, [1, 2, 3], True):
         raises_one_line(as_pixel_size, bad, name="not a pixel size")
+
+
+def test_the_z_spacing_comes_from_the_option_then_the_file_times_the_slice_step(tmp_path: Path, caplog) -> None:
+    with mrcfile.new(tmp_path / "tomo.mrc") as mrc:
+        mrc.set_data(np.zeros((12, 8, 8), np.int16))
+        mrc.voxel_size = (50.0, 50.0, 100.0)  # x, y, z in Å: 10 nm between slices
+    tomo = tmp_path / "tomo.mrc"
+    assert stated_z_spacing(tomo, 7.5, "0-11:3") == (7.5, "--z_spacing")  # given: as it is, whatever the slices
+    assert stated_z_spacing(tomo) == (pytest.approx(10), "tomo.mrc's metadata")
+    assert stated_z_spacing(tomo, slices="2-9") == (pytest.approx(10), "tomo.mrc's metadata")
+    assert stated_z_spacing(tomo, slices="4")[0] == pytest.approx(10)  # one slice: its own thickness
+    spacing, source = stated_z_spacing(tomo, slices="0-11:3")
+    assert spacing == pytest.approx(30) and source == "tomo.mrc's metadata, times the --slices step 3"
+    assert stated_z_spacing(tomo, slices=[9, 6, 3])[0] == pytest.approx(30)
+    caplog.set_level("INFO", logger="mitoda.pixel_size")
+    caplog.clear()
+    assert stated_z_spacing(tomo, slices="0,1,5") == (None, "")
+    lines = [r.getMessage() for r in caplog.records if r.name == "mitoda.pixel_size"]
+    assert len(lines) == 1 and "not evenly spaced" in lines[0] and "--z_spacing" in lines[0], lines
+    tifffile.imwrite(tmp_path / "plain.tif", np.zeros((3, 8, 8), np.uint8), photometric="minisblack")
+    assert stated_z_spacing(tmp_path / "plain.tif", slices="0-2:2") == (None, "")  # the file states none
+    assert stated_z_spacing(None) == (None, "") and stated_z_spacing(None, 40) == (40, "--z_spacing")
 
 
 def test_prediction_at_another_scale_keeps_the_input_grid_and_the_count(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """The format readers (bundle.data.readers): zarr v2/v3, OME-Zarr, MRC on small files made here, their one-line
-errors, the OME-Zarr writer, and `read_volume` and `SliceVolume` agreeing on every format."""
+errors, the OME-Zarr writer, the z spacing each format states, and `read_volume` and `SliceVolume` agreeing on every
+format."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import tifffile
 import zarr
 
 from bundle.data.io import SliceVolume, read_volume, write_volume
-from bundle.data.pixel_size import file_pixel_size
+from bundle.data.pixel_size import file_pixel_size, file_z_spacing
 from bundle.data.readers import reader_for
 from bundle.data.readers.zarr import write_ome_zarr
 from tests.helpers import raises_one_line
@@ -163,6 +164,79 @@ def test_mrc_reads_data_and_voxel_size(tmp_path: Path) -> None:
     assert file_pixel_size(tmp_path / "image.mrc") is None  # voxel size 0: unset
     _mrc(tmp_path / "imod.rec", VOLUME.astype(np.int16), voxel_size=(1.0, 1.0, 1.0))
     assert file_pixel_size(tmp_path / "imod.rec") is None  # IMOD's default of 1 Å is no measurement
+
+
+# ------------------------------------------------------------------------------------------------ z spacing
+def test_every_format_that_states_a_z_spacing_gives_it_in_nm(tmp_path: Path) -> None:
+    _ome_image(tmp_path / "v04.zarr", {"0": VOLUME[np.newaxis]}, _space("c", "z", "y", "x"), [[1, 0.03, 0.006, 0.008]])
+    assert file_z_spacing(tmp_path / "v04.zarr") == pytest.approx(30)  # micrometer, the same path as y and x
+    assert file_pixel_size(tmp_path / "v04.zarr") == pytest.approx((6, 8))
+    _ome_image(tmp_path / "v05.zarr", {"0": VOLUME, "s1": VOLUME[:, ::2, ::2]}, _space("z", "y", "x", unit="nanometer"),
+               [[40, 5, 5], [80, 10, 10]], "0.5")  # fmt: skip
+    assert file_z_spacing(tmp_path / "v05.zarr") == pytest.approx(40)  # level 0's
+    assert reader_for(tmp_path / "v05.zarr").z_spacing(tmp_path / "v05.zarr", "s1") == pytest.approx(80)
+    axes = [{"name": "z", "type": "space"}, *_space("y", "x")]
+    _ome_image(tmp_path / "z_unitless.zarr", {"0": VOLUME}, axes, [[3, 0.005, 0.005]])
+    assert file_z_spacing(tmp_path / "z_unitless.zarr") is None and file_pixel_size(tmp_path / "z_unitless.zarr")
+    _ome_image(tmp_path / "yx.zarr", {"0": VOLUME[0]}, _space("y", "x"), [[0.005, 0.005]])
+    assert file_z_spacing(tmp_path / "yx.zarr") is None  # a 2D image has no z axis
+    _mrc(tmp_path / "tomo.mrc", VOLUME.astype(np.int16), voxel_size=(80.0, 60.0, 100.0))  # x, y, z in Å
+    assert file_z_spacing(tmp_path / "tomo.mrc") == pytest.approx(10)
+    image = nib.Nifti1Image(VOLUME.T.astype(np.float32), np.diag([0.007, 0.006, 0.05, 1]))  # nibabel's (x, y, z)
+    image.header.set_xyzt_units("micron")
+    nib.save(image, tmp_path / "vol.nii.gz")
+    assert file_z_spacing(tmp_path / "vol.nii.gz") == pytest.approx(50)  # the third pixdim
+    with h5py.File(tmp_path / "vol.h5", "w") as handle:
+        handle.create_dataset("raw", data=VOLUME).attrs["element_size_um"] = (0.045, 0.01, 0.01)
+        handle.create_dataset("yx", data=VOLUME).attrs["element_size_um"] = (0.01, 0.01)
+    assert reader_for(tmp_path / "vol.h5").z_spacing(tmp_path / "vol.h5", "raw") == pytest.approx(45)
+    assert reader_for(tmp_path / "vol.h5").z_spacing(tmp_path / "vol.h5", "yx") is None  # (y, x) only
+    tifffile.imwrite(tmp_path / "ij.tif", VOLUME, imagej=True, resolution=(1 / 0.008, 1 / 0.008),
+                     metadata={"spacing": 0.05, "unit": "um"})  # fmt: skip
+    assert file_z_spacing(tmp_path / "ij.tif") == pytest.approx(50)
+    tifffile.imwrite(tmp_path / "ome.tif", VOLUME, ome=True, metadata={"axes": "ZYX", "PhysicalSizeZ": 40,
+                     "PhysicalSizeZUnit": "nm", "PhysicalSizeY": 6, "PhysicalSizeYUnit": "nm"})  # fmt: skip
+    assert file_z_spacing(tmp_path / "ome.tif") == pytest.approx(40)
+    tifffile.imwrite(tmp_path / "ome_um.tif", VOLUME, ome=True, metadata={"axes": "ZYX", "PhysicalSizeZ": 0.03})
+    assert file_z_spacing(tmp_path / "ome_um.tif") == pytest.approx(30)  # OME's default unit: µm
+    for name, (write, _) in FORMATS.items():  # the plain files of every format
+        folder = tmp_path / "plain" / name.replace(" ", "_")
+        folder.mkdir(parents=True)
+        assert file_z_spacing(write(folder)) == (1000 if name == "ome-zarr" else None), name  # its z scale: 1 µm
+
+
+def test_a_placeholder_or_broken_z_spacing_is_none(tmp_path: Path) -> None:
+    _mrc(tmp_path / "imod.rec", VOLUME.astype(np.int16), voxel_size=(1.0, 1.0, 1.0))  # IMOD's default
+    _mrc(tmp_path / "unset.mrc", VOLUME.astype(np.int16), voxel_size=(50.0, 50.0, 0.0))
+    tifffile.imwrite(tmp_path / "cm.tif", VOLUME, imagej=True, metadata={"spacing": 1.0, "unit": "cm"})  # 1 px/cm
+    tifffile.imwrite(tmp_path / "pixel.tif", VOLUME, imagej=True, metadata={"spacing": 1.0, "unit": "pixel"})
+    tifffile.imwrite(tmp_path / "nounit.tif", VOLUME, imagej=True, metadata={"spacing": 0.05})
+    for name, z in (("negative.h5", -0.04), ("inf.h5", np.inf)):
+        with h5py.File(tmp_path / name, "w") as handle:
+            handle.create_dataset("raw", data=VOLUME).attrs["element_size_um"] = (z, 0.01, 0.01)
+    _ome_image(tmp_path / "zero.zarr", {"0": VOLUME}, _space("z", "y", "x"), [[0, 0.005, 0.005]])
+    _ome_image(tmp_path / "odd.zarr", {"0": VOLUME}, _space("z", "y", "x", unit="parsec"), [[1, 1, 1]])
+    image = nib.Nifti1Image(VOLUME.T.astype(np.float32), np.diag([0.007, 0.006, 0.05, 1]))  # no spatial unit
+    nib.save(image, tmp_path / "nounit.nii.gz")
+    assert reader_for(tmp_path / "negative.h5").z_spacing(tmp_path / "negative.h5") < 0  # stated, but no distance
+    names = ("imod.rec", "unset.mrc", "cm.tif", "pixel.tif", "nounit.tif", "negative.h5", "inf.h5", "zero.zarr",
+             "odd.zarr", "nounit.nii.gz", "missing.mrc")  # fmt: skip
+    for name in names:
+        assert file_z_spacing(tmp_path / name) is None, name
+
+
+def test_the_ome_zarr_writer_states_the_z_spacing(tmp_path: Path) -> None:
+    write_ome_zarr(tmp_path / "out.ome.zarr" / "probability", VOLUME, pixel_size=(6.0, 8.0), z_spacing=40.0)
+    assert file_z_spacing(tmp_path / "out.ome.zarr" / "probability") == pytest.approx(40)
+    assert file_pixel_size(tmp_path / "out.ome.zarr" / "probability") == pytest.approx((6, 8))
+    write_ome_zarr(tmp_path / "z.ome.zarr", VOLUME, z_spacing=30.0)  # z known, y and x not
+    attrs = json.loads((tmp_path / "z.ome.zarr" / ".zattrs").read_text())["multiscales"][0]
+    assert [axis.get("unit") for axis in attrs["axes"]] == ["nanometer", None, None]
+    assert attrs["datasets"][0]["coordinateTransformations"][0]["scale"] == [30.0, 1.0, 1.0]
+    assert file_z_spacing(tmp_path / "z.ome.zarr") == pytest.approx(30)
+    assert file_pixel_size(tmp_path / "z.ome.zarr") is None
+    write_ome_zarr(tmp_path / "yx.ome.zarr", VOLUME[0], pixel_size=(6.0, 8.0), z_spacing=30.0)  # 2D: no z axis
+    assert file_z_spacing(tmp_path / "yx.ome.zarr") is None
 
 
 # ------------------------------------------------------------------------------------------------ bad input

@@ -1,4 +1,5 @@
-"""Pixel size: read it from a volume's metadata, and resample slices between the input's scale and the model's.
+"""Pixel size and z spacing: read them from a volume's metadata, and resample slices between the input's scale and
+the model's.
 
 The network sees mitochondria at the scale it was trained at (`MODEL_PIXEL_SIZE`, VNC III's 4.6 nm). A volume at
 another pixel size is resampled to that scale before the network and its outputs back to the input's grid, so
@@ -7,6 +8,10 @@ the file when it says (its reader in `bundle.data.readers`: OME-XML PhysicalSize
 tags, NIfTI zooms, HDF5 `element_size_um`, OME-Zarr scales, the MRC header); an unknown pixel size is taken as
 the model's. Scale factors within `TOLERANCE` of 1 are not resampled at all: EPFL's 5 nm against 4.6 nm is 1.09,
 and predicting it unresampled keeps every earlier figure.
+
+The z spacing (nm between slices) is not used for prediction: with the pixel size it gives the 3D instances their
+volume in µm³ (`stated_z_spacing`), from `--z_spacing` or the file's metadata (OME-XML PhysicalSizeZ, ImageJ
+`spacing`, the third NIfTI zoom, HDF5 `element_size_um`, the OME-Zarr z scale, the MRC header).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bundle.data.io import SliceVolume, parse_slices
 from bundle.data.readers import PixelSize, reader_for
 from bundle.errors import input_error
 
@@ -30,17 +36,33 @@ TOLERANCE = 0.1  # scale factors closer than this to 1 are not resampled
 logger = logging.getLogger("mitoda.pixel_size")
 
 
-def file_pixel_size(path: str | os.PathLike) -> PixelSize | None:
-    """The (y, x) pixel size in nm that a volume file states (its reader's `pixel_size`), or None when it states
-    none (or one of 1, a placeholder that tools write when nothing is known)."""
+def _stated(path: str | os.PathLike, what: str) -> tuple[float, ...] | None:
+    """The sizes in nm that a volume file states, from its reader's `what` ("pixel_size" or "z_spacing"), as a
+    tuple; None when it states none, or only placeholders: non-finite or non-positive sizes, or 1 pixel per cm
+    (what tools write when nothing is known)."""
     try:
         path = Path(os.fspath(path)).expanduser()
-        size = reader_for(path).pixel_size(path)
-    except Exception:  # noqa: BLE001 - unreadable metadata is no pixel size; reading the data reports a bad file
+        size = getattr(reader_for(path), what)(path)
+    except Exception:  # noqa: BLE001 - unreadable metadata states no size; reading the data reports a bad file
         return None
-    if size is None or not all(math.isfinite(v) and v > 0 for v in size) or all(abs(v - 1e7) < 1e-3 for v in size):
-        return None  # (a resolution of 1 pixel per cm is a placeholder, not a measurement)
-    return float(size[0]), float(size[1])
+    sizes = None if size is None else tuple(float(v) for v in np.atleast_1d(size))
+    if not sizes or not all(math.isfinite(v) and v > 0 for v in sizes) or all(abs(v - 1e7) < 1e-3 for v in sizes):
+        return None
+    return sizes
+
+
+def file_pixel_size(path: str | os.PathLike) -> PixelSize | None:
+    """The (y, x) pixel size in nm that a volume file states (its reader's `pixel_size`), or None when it states
+    none (or a placeholder, such as 1 pixel per cm)."""
+    sizes = _stated(path, "pixel_size")
+    return None if sizes is None else (sizes[0], sizes[1])
+
+
+def file_z_spacing(path: str | os.PathLike) -> float | None:
+    """The nm between consecutive slices that a volume file states (its reader's `z_spacing`), or None when it
+    states none (or a placeholder, as for `file_pixel_size`)."""
+    sizes = _stated(path, "z_spacing")
+    return None if sizes is None else sizes[0]
 
 
 def as_pixel_size(value: float | Sequence[float] | str | None, where: str = "--pixel_size") -> PixelSize | None:
@@ -71,6 +93,35 @@ def stated_pixel_size(
         return None, ""
     stated = file_pixel_size(input_image)
     return stated, f"{Path(input_image).name}'s metadata" if stated else ""
+
+
+def stated_z_spacing(
+    input_image: str | os.PathLike | None, z_spacing: float | None = None, slices: str | Sequence[int] | None = None
+) -> tuple[float | None, str]:
+    """The nm between consecutive predicted slices of `input_image` and where it comes from: `z_spacing` if given
+    ("--z_spacing", as it is: `bundle.inference.instances3d.check_z_spacing` validates it), else the file's z
+    spacing times the step between the `slices` predicted (`bundle.data.io.parse_slices`; '0-119:3': 3 times),
+    else (None, ""). Slices that are not evenly spaced have no one spacing: None, and a log line says why."""
+    if z_spacing is not None:
+        return z_spacing, "--z_spacing"
+    if input_image is None:
+        return None, ""
+    stated = file_z_spacing(input_image)
+    if stated is None:
+        return None, ""
+    name, step = Path(input_image).name, 1
+    if slices is not None:
+        with SliceVolume(input_image) as volume:
+            indices = parse_slices(slices, len(volume), path=str(input_image))
+        steps = {abs(b - a) for a, b in zip(indices, indices[1:])}
+        if len(steps) > 1:
+            logger.info(f"z spacing unknown: --slices {slices} are not evenly spaced ({name} states {stated:g} nm "
+                        "between its slices); pass --z_spacing NM for volume_um3")  # fmt: skip
+            return None, ""
+        step = steps.pop() if steps else 1
+    source = f"{name}'s metadata" + (f", times the --slices step {step}" if step != 1 else "")
+    logger.info(f"z spacing {stated * step:g} nm (from {source})")
+    return stated * step, source
 
 
 def model_scale(

@@ -321,7 +321,10 @@ def write_instances_3d(
     check_z_spacing(z_spacing)
     voxel_size = (float(z_spacing), *map(float, pixel_size)) if pixel_size and z_spacing else None
     if voxel_size is None:
-        logger.info("instances_3d.csv: volumes in voxels only (pass --pixel_size and --z_spacing for volume_um3)")
+        unknown = [flag for flag, value in (("--pixel_size", pixel_size), ("--z_spacing", z_spacing)) if not value]
+        what = " and ".join(flag[2:].replace("_", " ") for flag in unknown)
+        logger.info(f"instances_3d.csv: volumes in voxels only ({what} unknown: pass {' and '.join(unknown)} for "
+                    f"volume_um3, or predict an input whose metadata states {'them' if len(unknown) > 1 else 'it'})")
     volume_path = prediction_path(prediction_dir, LINKED)
     finals = {volume_path.name: volume_path, LINKED_TABLE: prediction_dir / LINKED_TABLE}
     with open_prediction(prediction_dir, "probability") as probability:

@@ -1,8 +1,9 @@
 """One reader per volume format, and the registry that picks it from the path (after nnU-Net's `imageio`).
 
 Each reader (`VolumeReader`) claims its paths, opens a file without reading its data (`OpenArray`: the array as
-stored, indexed lazily by blocks) and reads the pixel size the format states. `reader_for(path)` returns the first
-reader that claims a path; folder formats (zarr) are asked before a plain folder is taken as a folder of slices.
+stored, indexed lazily by blocks) and reads the pixel size and z spacing the format states. `reader_for(path)`
+returns the first reader that claims a path; folder formats (zarr) are asked before a plain folder is taken as a
+folder of slices.
 `bundle.data.io` builds `read_volume` and `SliceVolume` on it.
 """
 

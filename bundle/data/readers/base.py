@@ -83,10 +83,11 @@ def read_block(path: PathLike, opened: OpenArray, index: tuple[slice, ...], what
 
 
 class VolumeReader:
-    """One volume format: which paths it claims, how it opens them and the pixel size they state.
+    """One volume format: which paths it claims, how it opens them and the voxel size they state.
 
     Subclasses set `kind` (the format's name in messages) and `suffixes` (the file-name endings they claim, lower
-    case), and implement `open`; a format that states a pixel size overrides `pixel_size`.
+    case), and implement `open`; a format that states a pixel size overrides `pixel_size`, one that states the
+    distance between slices `z_spacing`.
     """
 
     kind: ClassVar[str]
@@ -107,4 +108,8 @@ class VolumeReader:
 
     def pixel_size(self, path: Path, key: str | None = None) -> PixelSize | None:
         """The (y, x) pixel size in nm the file states, or None (the default: the format states none)."""
+        return None
+
+    def z_spacing(self, path: Path, key: str | None = None) -> float | None:
+        """The nm between consecutive slices the file states, or None (the default: the format states none)."""
         return None

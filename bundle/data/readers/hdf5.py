@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bundle.data.readers.base import OpenArray, PixelSize, VolumeReader, error, listing, unreadable
 
 
@@ -51,10 +53,19 @@ class Hdf5Reader(VolumeReader):
             raise
         return OpenArray(dataset, f"HDF5 dataset '{dataset.name}'", handle.close)
 
-    def pixel_size(self, path: Path, key: str | None = None) -> PixelSize | None:
-        """(y, x) of the dataset's `element_size_um` attribute (z, y, x), as ilastik and Fiji write it."""
+    def _element_size_nm(self, path: Path, key: str | None) -> tuple[float, ...] | None:
+        """The dataset's `element_size_um` attribute ((z,) y, x, as ilastik and Fiji write it) in nm, or None."""
         with self.open(path, key) as opened:
             if "element_size_um" not in opened.array.attrs:
                 return None
-            z, y, x = (float(v) * 1e3 for v in opened.array.attrs["element_size_um"][-3:])
-            return y, x
+            return tuple(float(v) * 1e3 for v in np.atleast_1d(opened.array.attrs["element_size_um"]))
+
+    def pixel_size(self, path: Path, key: str | None = None) -> PixelSize | None:
+        """(y, x) of the dataset's `element_size_um` attribute (its last two values)."""
+        sizes = self._element_size_nm(path, key)
+        return (sizes[-2], sizes[-1]) if sizes is not None and len(sizes) >= 2 else None
+
+    def z_spacing(self, path: Path, key: str | None = None) -> float | None:
+        """z of the dataset's `element_size_um` attribute, when it holds three values (z, y, x)."""
+        sizes = self._element_size_nm(path, key)
+        return sizes[0] if sizes is not None and len(sizes) == 3 else None

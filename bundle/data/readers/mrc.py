@@ -47,11 +47,20 @@ class MrcReader(VolumeReader):
         mrc = self._mmap(path)
         return OpenArray(CopiedBlocks(mrc.data), self.kind, mrc.close)
 
-    def pixel_size(self, path: Path, key: str | None = None) -> PixelSize | None:
-        """The header's voxel size (y, x), in Å there. 0 (unset) and IMOD's default 1 Å state none."""
+    def _voxel_size(self, path: Path) -> tuple[float, float, float]:
+        """The header's voxel size (z, y, x) in Å."""
         with self._mmap(path) as mrc:
             size = mrc.voxel_size
-            y, x = float(size.y), float(size.x)
+            return float(size.z), float(size.y), float(size.x)
+
+    def pixel_size(self, path: Path, key: str | None = None) -> PixelSize | None:
+        """The header's voxel size (y, x), in Å there. 0 (unset) and IMOD's default 1 Å state none."""
+        _, y, x = self._voxel_size(path)
         if (y, x) in ((0.0, 0.0), (1.0, 1.0)):
             return None
         return y * NM_PER_ANGSTROM, x * NM_PER_ANGSTROM
+
+    def z_spacing(self, path: Path, key: str | None = None) -> float | None:
+        """The header's voxel size z, in Å there. 0 (unset, as in a 2D file) and IMOD's default 1 Å state none."""
+        z, _, _ = self._voxel_size(path)
+        return None if z in (0.0, 1.0) else z * NM_PER_ANGSTROM

@@ -44,14 +44,26 @@ class NiftiReader(VolumeReader):
             raise error(path, f"NIfTI stores colour voxels ({dtype})", GREY_FIX)
         return OpenArray(ReversedAxes(proxy, dtype), self.kind)
 
-    def pixel_size(self, path: Path, key: str | None = None) -> PixelSize | None:
-        """(y, x) = the zooms of nibabel's axes 1 and 0 (read as Y and X), in the header's spatial unit."""
+    def _zooms_nm(self, path: Path) -> tuple[float, ...] | None:
+        """nibabel's zooms of the spatial axes (x, y, z order) in nm; None when the header's spatial unit is
+        unknown."""
         import nibabel as nib
 
         header = nib.load(str(path)).header
         unit = header.get_xyzt_units()[0]
-        zooms = header.get_zooms()
-        if unit == "unknown" or len(zooms) < 2:
+        if unit == "unknown":
             return None
         per_unit = {"meter": 1e9, "mm": 1e6, "micron": 1e3}[unit]
-        return zooms[1] * per_unit, zooms[0] * per_unit
+        return tuple(float(zoom) * per_unit for zoom in header.get_zooms()[:3])
+
+    def pixel_size(self, path: Path, key: str | None = None) -> PixelSize | None:
+        """(y, x) = the zooms of nibabel's axes 1 and 0 (read as Y and X), in the header's spatial unit."""
+        zooms = self._zooms_nm(path)
+        if zooms is None or len(zooms) < 2:
+            return None
+        return zooms[1], zooms[0]
+
+    def z_spacing(self, path: Path, key: str | None = None) -> float | None:
+        """The zoom of nibabel's axis 2 (read as Z: the third pixdim), in the header's spatial unit."""
+        zooms = self._zooms_nm(path)
+        return zooms[2] if zooms is not None and len(zooms) >= 3 else None

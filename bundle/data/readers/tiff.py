@@ -101,25 +101,50 @@ class TiffReader(VolumeReader):
 
         with tifffile.TiffFile(path) as tif:
             if tif.is_ome and tif.ome_metadata:
-                sizes = {}
-                for axis in "YX":
-                    match = re.search(rf'PhysicalSize{axis}="([0-9.eE+-]+)"', tif.ome_metadata)
-                    unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', tif.ome_metadata)
-                    if match:
-                        sizes[axis] = float(match.group(1)) * nm_per_unit(unit.group(1) if unit else "µm")
-                if len(sizes) == 2:
-                    return sizes["Y"], sizes["X"]
+                y, x = (_ome_physical_size(tif.ome_metadata, axis) for axis in "YX")
+                if y is not None and x is not None:
+                    return y, x
             page = tif.pages[0]
             if "XResolution" not in page.tags or "YResolution" not in page.tags:
                 return None
             unit_tag = int(page.tags["ResolutionUnit"].value) if "ResolutionUnit" in page.tags else 1
-            unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
             per_unit = {2: 2.54e7, 3: 1e7}.get(unit_tag)  # inch, centimetre; 1 = no unit unless ImageJ names one
-            if unit is not None:
-                per_unit = nm_per_unit(str(unit).replace("\\u00b5", "µ"))
+            if tif.is_imagej and "unit" in (tif.imagej_metadata or {}):
+                per_unit = _imagej_nm_per_unit(tif.imagej_metadata)
             if per_unit is None:
                 return None
             (yn, yd), (xn, xd) = page.tags["YResolution"].value, page.tags["XResolution"].value
             if not (yn and xn):
                 return None
             return per_unit * yd / yn, per_unit * xd / xn
+
+    def z_spacing(self, path: Path, key: str | None = None) -> float | None:
+        """OME PhysicalSizeZ, else ImageJ's `spacing` in its `zunit` (written when it differs from `unit`) or `unit`."""
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            if tif.is_ome and tif.ome_metadata:
+                z = _ome_physical_size(tif.ome_metadata, "Z")
+                if z is not None:
+                    return z
+            metadata = (tif.imagej_metadata or {}) if tif.is_imagej else {}
+            if "spacing" not in metadata or "unit" not in metadata:
+                return None
+            unit = "zunit" if "zunit" in metadata else "unit"
+            return float(metadata["spacing"]) * _imagej_nm_per_unit(metadata, unit)
+
+
+def _ome_physical_size(ome_xml: str, axis: str) -> float | None:
+    """An OME-XML PhysicalSize`axis` (X, Y or Z) in nm, in its PhysicalSize`axis`Unit (OME's default: µm); None when
+    the XML states none."""
+    match = re.search(rf'PhysicalSize{axis}="([0-9.eE+-]+)"', ome_xml)
+    if match is None:
+        return None
+    unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', ome_xml)
+    return float(match.group(1)) * nm_per_unit(unit.group(1) if unit else "µm")
+
+
+def _imagej_nm_per_unit(metadata: dict, key: str = "unit") -> float:
+    """nm in the unit that ImageJ metadata names under `key` (ImageJ writes µ as the escape \\u00B5); NaN for an
+    unknown unit."""
+    return nm_per_unit(re.sub(r"\\u00b5", "µ", str(metadata[key]), flags=re.IGNORECASE))

@@ -3,13 +3,13 @@
 A zarr folder is read as the one array it is or holds; `key` names the array in a group of several, as it names an
 HDF5 dataset. An OME-Zarr image (a group whose attributes have `multiscales`: v0.4 `.zattrs`, v0.5 `zarr.json`
 attributes["ome"]) is read at level 0, `multiscales[0].datasets[0]` (`key` may name another level), with its pixel
-size from that level's scale and the axes' units. N5 is refused: zarr 3 reads no N5.
+size and z spacing from that level's scale and the axes' units. N5 is refused: zarr 3 reads no N5.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +27,22 @@ AXES_FIX = "write one channel of one time point as a (z, y, x) image (leading c 
 
 @dataclass
 class ZarrVolume:
-    """The array a zarr path resolves to, what to call it in messages and the pixel size its metadata states."""
+    """The array a zarr path resolves to, what to call it in messages and the voxel size its metadata states.
+
+    Attributes:
+        array: the array (an OME-Zarr image's level, its leading c or t axes of size 1 dropped), read lazily.
+        what: what to call it in messages.
+        spacing: nm per pixel along each of its axes z, y, x whose scale and unit the metadata states.
+    """
 
     array: Any
     what: str
-    pixel_size: PixelSize | None = None
+    spacing: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def pixel_size(self) -> PixelSize | None:
+        """(y, x) nm, or None when the metadata does not state both."""
+        return (self.spacing["y"], self.spacing["x"]) if "y" in self.spacing and "x" in self.spacing else None
 
 
 class LeadingAxesDropped:
@@ -103,18 +114,16 @@ def _scale(transforms: Any) -> list[float] | None:
         return None
 
 
-def _ome_pixel_size(image: dict, dataset: dict, names: list[str]) -> PixelSize | None:
-    """(y, x) nm of one level: its scale (times the image-wide scale, if any) in the y and x axes' units; None when
-    a unit or a scale is missing."""
+def _ome_spacing(image: dict, dataset: dict, names: list[str]) -> dict[str, float]:
+    """nm per pixel of one level along each of its axes z, y, x that has a unit: its scale (times the image-wide
+    scale, if any) in that axis's unit; {} when the scale is missing."""
     scale = _scale(dataset.get("coordinateTransformations"))
     overall = _scale(image.get("coordinateTransformations")) or [1.0] * len(names)
     units = [a.get("unit") if isinstance(a, dict) else None for a in image.get("axes", ())]
     if scale is None or not len(scale) == len(overall) == len(units) == len(names):
-        return None
-    y, x = names.index("y"), names.index("x")
-    if not (units[y] and units[x]):
-        return None
-    return tuple(scale[i] * overall[i] * nm_per_unit(str(units[i])) for i in (y, x))  # type: ignore[return-value]
+        return {}
+    return {name: scale[i] * overall[i] * nm_per_unit(str(units[i]))
+            for i, name in enumerate(names) if name in ("z", "y", "x") and units[i]}  # fmt: skip
 
 
 def _ome_level(path: Path, group: Any, images: list, key: str | None) -> ZarrVolume:
@@ -136,8 +145,8 @@ def _ome_level(path: Path, group: Any, images: list, key: str | None) -> ZarrVol
                     "the image is incomplete: copy or write it again with all its levels") from None  # fmt: skip
     names = _axis_names(path, image, array.ndim)
     lead = _leading_axes(path, names, tuple(array.shape))
-    size = _ome_pixel_size(image, datasets[levels.index(level)], names)
-    return ZarrVolume(LeadingAxesDropped(array, lead) if lead else array, f"OME-Zarr level '{level}'", size)
+    spacing = _ome_spacing(image, datasets[levels.index(level)], names)
+    return ZarrVolume(LeadingAxesDropped(array, lead) if lead else array, f"OME-Zarr level '{level}'", spacing)
 
 
 def _resolve(path: Path, node: Any, key: str | None) -> ZarrVolume:
@@ -180,7 +189,7 @@ class ZarrReader(VolumeReader):
         return path.name.lower().endswith(self.suffixes) or any((path / f).is_file() for f in METADATA_FILES)
 
     def volume(self, path: Path, key: str | None = None) -> ZarrVolume:
-        """Resolve `path` (and `key`) to its array and pixel size; every problem is a one-line InputError."""
+        """Resolve `path` (and `key`) to its array and voxel size; every problem is a one-line InputError."""
         import zarr
 
         if path.name.lower().endswith(".n5"):
@@ -201,8 +210,12 @@ class ZarrReader(VolumeReader):
         return OpenArray(found.array, found.what)
 
     def pixel_size(self, path: Path, key: str | None = None) -> PixelSize | None:
-        """An OME-Zarr level's scale in nm; plain zarr arrays state none."""
+        """An OME-Zarr level's y and x scale in nm; plain zarr arrays state none."""
         return self.volume(path, key).pixel_size
+
+    def z_spacing(self, path: Path, key: str | None = None) -> float | None:
+        """An OME-Zarr level's z scale in nm; plain zarr arrays and 2D images state none."""
+        return self.volume(path, key).spacing.get("z")
 
 
 def create_ome_zarr(
@@ -212,13 +225,15 @@ def create_ome_zarr(
     chunks: tuple[int, ...] | None = None,
     pixel_size: PixelSize | None = None,
     name: str | None = None,
+    z_spacing: float | None = None,
 ) -> Any:
     """Create an empty OME-Zarr v0.4 image of a (Z, Y, X) (or 2D) `shape` at `path` and return its level-0 array
     (zarr v2, writable), for outputs written one block at a time; an image already at `path` is replaced.
 
     The folders above it, from the outermost one named `.zarr` down (`OUT.ome.zarr` for `OUT.ome.zarr/probability`),
-    become zarr groups if they are not. `chunks` defaults to one slice; `pixel_size` (y, x nm), when known, is the y
-    and x axes' scale in nanometres; `name` (default: the folder's name) is the image's name in its metadata.
+    become zarr groups if they are not. `chunks` defaults to one slice; `pixel_size` (y, x nm) and `z_spacing` (nm
+    between slices of a 3D shape), when known, are the y and x axes' and the z axis's scale in nanometres (an
+    unknown one: scale 1, no unit); `name` (default: the folder's name) is the image's name in its metadata.
     """
     import zarr
 
@@ -232,10 +247,11 @@ def create_ome_zarr(
             zarr.open_group(str(folder), mode="a", zarr_format=2)
     axes = [{"name": axis, "type": "space"} for axis in "zyx"[-len(shape) :]]
     scale = [1.0] * len(shape)
-    if pixel_size is not None:
-        for axis in axes[-2:]:
+    known = {"z": z_spacing, **dict(zip("yx", pixel_size or (None, None)))}  # nm per pixel, None: unknown
+    for i, axis in enumerate(axes):
+        if known[axis["name"]] is not None:
             axis["unit"] = "nanometer"
-        scale[-2:] = [float(v) for v in pixel_size]
+            scale[i] = float(known[axis["name"]])
     level = {"path": LEVEL_0, "coordinateTransformations": [{"type": "scale", "scale": scale}]}
     image = {"version": OME_VERSION, "name": name or final.name, "axes": axes, "datasets": [level]}
     group = zarr.open_group(str(final), mode="w", zarr_format=2, attributes={"multiscales": [image]})
@@ -243,11 +259,12 @@ def create_ome_zarr(
     return group.create_array(LEVEL_0, shape=tuple(shape), dtype=dtype, chunks=chunks)
 
 
-def write_ome_zarr(path: str | os.PathLike, volume: np.ndarray, pixel_size: PixelSize | None = None) -> None:
+def write_ome_zarr(path: str | os.PathLike, volume: np.ndarray, pixel_size: PixelSize | None = None,
+                   z_spacing: float | None = None) -> None:  # fmt: skip
     """Write a (Z, Y, X) (or 2D) array as an OME-Zarr v0.4 image at `path`, level 0 only, one chunk per slice.
 
     The image is written beside `path` and renamed there when complete (`atomic_output`; an image already there is
-    replaced); the folders above it and `pixel_size` are as in `create_ome_zarr`.
+    replaced); the folders above it, `pixel_size` and `z_spacing` are as in `create_ome_zarr`.
     """
     volume = np.asarray(volume)
     if volume.ndim not in (2, 3):
@@ -256,4 +273,5 @@ def write_ome_zarr(path: str | os.PathLike, volume: np.ndarray, pixel_size: Pixe
         volume = volume.astype(np.uint8)
     final = Path(os.fspath(path)).expanduser()
     with atomic_output(final) as tmp:
-        create_ome_zarr(tmp, volume.shape, volume.dtype, pixel_size=pixel_size, name=final.name)[...] = volume
+        create_ome_zarr(tmp, volume.shape, volume.dtype, pixel_size=pixel_size, name=final.name,
+                        z_spacing=z_spacing)[...] = volume  # fmt: skip
