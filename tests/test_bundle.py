@@ -48,8 +48,10 @@ def test_train_inference_evaluate_end_to_end(real_crops: dict[str, Path], tmp_pa
     result = run_bundle(
         "--config_file", "configs/inference.yaml", "--input_image", str(real_crops["val_image"]),
         "--output_dir", str(pred_dir), "--checkpoint", str(run_dir / "model.pt"), "--tracking", "mlflow",
+        "--threads", "1",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "torch threads: 1 (--threads)" in result.stdout
     for name in ("probability.tif", "density.tif", "instances.tif"):
         assert read_volume(pred_dir / name).shape == (2, 256, 256)
     assert sorted(p.name for p in (pred_dir / "previews").iterdir()) == ["preview_z000.png", "preview_z001.png"]

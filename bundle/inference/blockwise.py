@@ -57,6 +57,7 @@ from bundle.inference.prediction_folder import (
 from bundle.networks import load_checkpoint
 from bundle.networks.checkpoint import checkpoint_sha256
 from bundle.outputs import atomic_output
+from bundle.threads import available_cores
 
 PLUGIN = "mitoda-predictor"  # the worker plugin's name
 RUN_FILE = "run.json"  # in .blocks: what the unfinished run predicts
@@ -208,7 +209,7 @@ class BlockwisePredictor:
         scale: (y, x) factors from the input's pixels to the model's.
         pixel_size: (y, x) nm per pixel of the input, written into the OME-Zarr metadata when known.
         scheduler: address of a running Dask scheduler (`tcp://HOST:8786`); None: a LocalCluster on this machine.
-        workers: the LocalCluster's workers, one thread each (None: one per CPU core); unused with `scheduler`.
+        workers: the LocalCluster's workers, one thread each (None: one per core this process may use, `available_cores`); unused with `scheduler`.
         block_slices: slices per block (one task).
         processes: LocalCluster workers as processes (True) or as threads of this process.
         progress: show a progress bar of the blocks.
@@ -243,7 +244,7 @@ class BlockwisePredictor:
         self.scale = (float(scale[0]), float(scale[-1]))
         self.pixel_size = pixel_size
         self.scheduler = scheduler
-        self.workers = workers or os.cpu_count() or 1
+        self.workers = workers or available_cores()
         self.block_slices = block_slices
         self.processes = processes
         self.progress = progress
