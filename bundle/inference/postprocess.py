@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import ndimage
 from skimage.feature import peak_local_max
-from skimage.measure import label as connected_components
 from skimage.segmentation import watershed
 
 from bundle.networks.multitask_unet import DENSITY_CHANNEL, SEG_CHANNELS
@@ -49,7 +49,9 @@ def label_instances(
         raise ValueError("the watershed method needs the density map")
     # One labelling pass: small objects are dropped by size and the rest renumbered 1..n in the same
     # (raster) order, which equals remove_small_objects followed by a second labelling, at half the cost.
-    components, count = connected_components(probability >= threshold, connectivity=1, return_num=True)
+    # scipy's label: face-connected by default, the same ids as skimage's label(connectivity=1), in int32 (half of
+    # skimage's int64: 67 MB less at the peak of a 4096² slice)
+    components, count = ndimage.label(probability >= threshold, output=np.int32)
     components = kept_ids(np.bincount(components.ravel(), minlength=count + 1), min_size)[components]
     if method == "components":
         return components
