@@ -20,7 +20,7 @@ import zarr
 from bundle.data.io import SliceVolume, read_volume, write_volume
 from bundle.data.pixel_size import file_pixel_size, file_z_spacing
 from bundle.data.readers import reader_for
-from bundle.data.readers.zarr import CHUNK_PX, create_ome_zarr, slice_chunks, write_ome_zarr
+from bundle.data.readers.zarr import write_ome_zarr
 from tests.helpers import raises_one_line
 
 VOLUME = (np.arange(4 * 6 * 10) % 251).reshape(4, 6, 10).astype(np.uint16)  # every voxel distinct
@@ -143,15 +143,6 @@ def test_the_ome_zarr_writer_round_trips_data_and_pixel_size(tmp_path: Path) -> 
     write_volume(tmp_path / "out.ome.zarr" / "instances", VOLUME[:2])  # an image already there is replaced
     assert read_volume(tmp_path / "out.ome.zarr", key="instances").shape == (2, *VOLUME.shape[1:])
     assert [p.name for p in (tmp_path / "out.ome.zarr").iterdir() if p.name.endswith(".tmp")] == []
-
-
-def test_written_chunks_tile_large_slices(tmp_path: Path) -> None:
-    """A slice larger than CHUNK_PX² is written in tiles (a 4096² float32 chunk costs ~200 MB to encode)."""
-    assert slice_chunks((5, 2100, 900)) == (1, CHUNK_PX, 900) and slice_chunks((300, 4096)) == (300, CHUNK_PX)
-    level = create_ome_zarr(tmp_path / "big.ome.zarr" / "probability", (2, CHUNK_PX + 76, 64), np.float32)
-    assert level.chunks == (1, CHUNK_PX, 64)
-    level[1] = np.ones((CHUNK_PX + 76, 64), np.float32)
-    assert read_volume(tmp_path / "big.ome.zarr" / "probability")[1].min() == 1.0
     write_ome_zarr(tmp_path / "one.zarr", VOLUME[0].astype(bool))  # 2D, bool stored as uint8
     assert np.array_equal(read_volume(tmp_path / "one.zarr"), VOLUME[:1].astype(bool).astype(np.uint8))
     write_volume(tmp_path / "out.tif", VOLUME)

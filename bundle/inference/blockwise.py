@@ -1,12 +1,12 @@
 """Blockwise prediction on Dask: the workers of a cluster predict blocks of whole slices into an OME-Zarr
 prediction folder, and a killed run goes on from its last finished block when the same command runs again.
 
-The client (`BlockwisePredictor`) checks the input and the output folder as `VolumePredictor` does, creates the three
-OME-Zarr images (chunks of one slice, tiles of at most 1024²) and sends one task per block of `block_slices` slices. A
-task (`predict_block`) opens the input itself, reads, normalises and predicts its slices one at a time with the worker's
-network (`PredictorPlugin`: loaded once per worker, weights-only), writes its own chunks and then records the block:
-OUT.ome.zarr/.blocks/done/FIRST-LAST.json, written atomically, so that a block is recorded only when all its chunks are
-written. Memory per worker is one slice and the network, whatever the volume size.
+The client (`BlockwisePredictor`) checks the input and the output folder as `VolumePredictor` does, creates the
+three OME-Zarr images (chunks of one slice) and sends one task per block of `block_slices` slices. A
+task (`predict_block`) opens the input itself, reads, normalises and predicts its slices one at a time with the
+worker's network (`PredictorPlugin`: loaded once per worker, weights-only), writes its own chunks and then records
+the block: OUT.ome.zarr/.blocks/done/FIRST-LAST.json, written atomically, so that a block is recorded only when all
+its chunks are written. Memory per worker is one slice and the network, whatever the volume size.
 
 Instance ids are unique across the volume, as in `VolumePredictor`: a block writes the ids of each slice from 1
 into .blocks/slice_instances, and when every block is recorded the ids are numbered on (`number_block`: each slice

@@ -1,12 +1,11 @@
 """A prediction folder in either layout, chosen by its path: TIFF files, or one OME-Zarr image per volume.
 
 `--output_dir DIR` holds DIR/probability.tif, density.tif and instances.tif; a folder whose path ends with `.zarr`
-(`OUT.ome.zarr`, see `bundle.data.io.is_zarr_path`) holds the OME-Zarr images OUT.ome.zarr/probability, /density and
-/instances instead (chunks of one slice in tiles of at most 1024², the input's pixel size in their metadata when known).
-`instances_3d` (configs/inference.yaml --instances_3d True) is one more volume of the folder's layout, beside
-instances_3d.csv. Whatever writes or reads a prediction folder names its volumes with `prediction_path` and reads them
-with `open_prediction` or `read_prediction`, so that evaluation, 3D linking and the fine-tune's checks take both
-layouts.
+(`OUT.ome.zarr`, see `bundle.data.io.is_zarr_path`) holds the OME-Zarr images OUT.ome.zarr/probability, /density
+and /instances instead (chunks of one slice, the input's pixel size in their metadata when known). `instances_3d`
+(configs/inference.yaml --instances_3d True) is one more volume of the folder's layout, beside instances_3d.csv.
+Whatever writes or reads a prediction folder names its volumes with `prediction_path` and reads them with
+`open_prediction` or `read_prediction`, so that evaluation, 3D linking and the fine-tune's checks take both layouts.
 """
 
 from __future__ import annotations

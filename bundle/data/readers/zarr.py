@@ -218,14 +218,11 @@ class ZarrReader(VolumeReader):
         return self.volume(path, key).spacing.get("z")
 
 
-CHUNK_PX = 1024  # the largest chunk side of the images we write: a 4096² float32 chunk is 67 MB, and encoding one
-# costs about three times that in transient memory (zarr's copy and the compressor's buffer): 210 MB of a worker's
-# peak, against about 70 MB in 1024² chunks (RSS sampled around the three writes of one 4096² slice, issue 16)
-
-
 def slice_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Chunks of one slice of a (Z, Y, X) or 2D `shape`, cut into tiles of at most CHUNK_PX² pixels."""
-    return (1,) * (len(shape) - 2) + tuple(min(int(n), CHUNK_PX) for n in shape[-2:])
+    """Chunks of one whole slice of a (Z, Y, X) or 2D `shape`. Tiles of 1024² were tried for 4096² slices: each
+    chunk's encoding then needs less transient memory, yet the peak RSS of each blockwise worker rose (2.04 to 2.23 GB, 32
+    slices, 2 workers, docs/results.md), so the whole slice stays the chunk."""
+    return (1,) * (len(shape) - 2) + tuple(int(n) for n in shape[-2:])
 
 
 def create_ome_zarr(
@@ -241,10 +238,10 @@ def create_ome_zarr(
     (zarr v2, writable), for outputs written one block at a time; an image already at `path` is replaced.
 
     The folders above it, from the outermost one named `.zarr` down (`OUT.ome.zarr` for `OUT.ome.zarr/probability`),
-    become zarr groups if they are not. `chunks` defaults to `slice_chunks(shape)` (one slice, in tiles of at most
-    CHUNK_PX²); `pixel_size` (y, x nm) and `z_spacing` (nm between slices of a 3D shape), when known, are the y and
-    x axes' and the z axis's scale in nanometres (an unknown one: scale 1, no unit); `name` (default: the folder's
-    name) is the image's name in its metadata.
+    become zarr groups if they are not. `chunks` defaults to `slice_chunks(shape)` (one slice); `pixel_size` (y, x nm)
+    and `z_spacing` (nm between slices of a 3D shape), when known, are the y and x axes' and the z axis's scale in
+    nanometres (an unknown one: scale 1, no unit); `name` (default: the folder's name) is the image's name in its
+    metadata.
     """
     import zarr
 
