@@ -57,7 +57,8 @@ def _no_gl(monkeypatch: pytest.MonkeyPatch) -> None:
     import napari._vispy.layers.labels
 
     monkeypatch.setattr(napari._vispy.layers.image, "get_gl_extensions", lambda: "")
-    for module in (napari._vispy.canvas, napari._vispy.layers.base, napari._vispy.layers.image, napari._vispy.layers.labels):
+    vispy = napari._vispy
+    for module in (vispy.canvas, vispy.layers.base, vispy.layers.image, vispy.layers.labels):
         monkeypatch.setattr(module, "get_max_texture_sizes", lambda: (4096, 2048))
 
 
@@ -151,6 +152,7 @@ def crop_shape(viewer) -> tuple[int, ...]:
 def test_predict_with_the_shipped_model_and_open_the_outputs(viewer_widget, qtbot, tmp_path: Path, errors) -> None:
     viewer, widget = viewer_widget
     assert widget.model.text() == str(REPO / "models" / "model.pt")
+    viewer.layers["epfl_crop"].scale = (5, 9.2, 9.2)  # nm per pixel: passed on as --pixel_size 9.2,9.2
     widget.predict_button.click()
     _wait_idle(qtbot, widget)
     assert not errors, errors
@@ -160,7 +162,8 @@ def test_predict_with_the_shipped_model_and_open_the_outputs(viewer_widget, qtbo
     viewer.open(folder, plugin="mitoda-napari")  # the reader: an OME-Zarr prediction folder
     kinds = {layer.name: type(layer).__name__ for layer in viewer.layers}
     assert kinds == {"probability": "Image", "density": "Image", "instances": "Labels"}
-    assert viewer.layers["probability"].data.shape == (4, 256, 256)
+    assert viewer.layers["probability"].data.shape == (4, 256, 256)  # on the input's grid, predicted at 2x
+    assert tuple(viewer.layers["probability"].scale[1:]) == (9.2, 9.2)  # the pixel size the folder states
 
 
 def test_points_csv_reader_both_layouts_and_writer(make_napari_viewer, crop: dict, tmp_path: Path) -> None:

@@ -201,7 +201,8 @@ def scale_pixel_size(scale: Sequence[float], units: Sequence[str | None] | None 
     names = [str(u if u is not None else "").strip() for u in (list(units)[-2:] if units is not None else ["", ""])]
     unknown = [name for name in names if name not in NM_PER_UNIT]
     if unknown:
-        raise input_error(where, f"unit {unknown[0]!r} is not a length", f"use one of {', '.join(sorted(NM_PER_UNIT)[1:])}")
+        units_text = ", ".join(sorted(NM_PER_UNIT)[1:])
+        raise input_error(where, f"unit {unknown[0]!r} is not a length", f"use one of {units_text}")
     if len(yx) != 2 or yx == [1.0, 1.0] and all(NM_PER_UNIT[n] == 1.0 for n in names):
         return None
     return as_pixel_size([v * NM_PER_UNIT[n] for v, n in zip(yx, names)], where)

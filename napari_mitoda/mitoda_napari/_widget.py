@@ -12,6 +12,7 @@ TIFF file of the same shape, which is then read directly; the layer's scale is t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -63,7 +64,10 @@ def error_message(exc: BaseException) -> str | None:
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
     found = find_input_error(exc)
-    text = str(exc) if isinstance(exc, ToolError) else str(found) if found is not None else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ToolError) or found is not None:
+        text = str(exc if isinstance(exc, ToolError) else found)
+    else:
+        text = f"{type(exc).__name__}: {exc}"
     return "mitoda: error: " + " ".join(text.split())
 
 
@@ -125,8 +129,8 @@ class MitodaWidget(QWidget):
 
         layout = QVBoxLayout(self)
         inputs = QFormLayout()
-        for text, widget in (("image", self.image_combo), ("clicks", self.points_combo), ("output folder", self.output_dir)):
-            inputs.addRow(text, widget)
+        for row in (("image", self.image_combo), ("clicks", self.points_combo), ("output folder", self.output_dir)):
+            inputs.addRow(*row)
         layout.addLayout(inputs)
         layout.addWidget(_group("Fine-tune", [
             ("slices", self.slices), ("iterations", self.iterations), ("iterations per round", self.interval),
@@ -156,7 +160,7 @@ class MitodaWidget(QWidget):
         if inputs is None:
             return
         image, points, pixel_size = inputs
-        argv = ["--target_image", image, "--points", points, "--output_dir", self.output_dir.text(),
+        argv = ["--target_image", image, "--points", points, "--output_dir", self._folder(self.output_dir),
                 "--num_iterations", str(self.iterations.value()), "--val_interval", str(self.interval.value()),
                 "--num_rounds", str(self.rounds.value()), "--holdout_clicks", str(self.holdout.value()),
                 "--checkpoint", self.start_model.text()]  # fmt: skip
@@ -190,8 +194,8 @@ class MitodaWidget(QWidget):
             return
         image, _, pixel_size = inputs
         slices = self.slices.text().strip() or None
-        self._start("prediction", _run_predict, image, self.model.text(), self.prediction_dir.text(), pixel_size,
-                    slices, done=lambda _: self._show_predictions(Path(self.prediction_dir.text())))  # fmt: skip
+        self._start("prediction", _run_predict, image, self.model.text(), self._folder(self.prediction_dir), pixel_size,
+                    slices, done=lambda _: self._show_predictions(Path(self._folder(self.prediction_dir))))  # fmt: skip
 
     def suggest(self) -> None:
         """Add the k instances the model is least sure about as a Points layer 'suggestions' (where to click)."""
@@ -199,7 +203,7 @@ class MitodaWidget(QWidget):
         if inputs is None:
             return
         image, points, _ = inputs
-        output = str(Path(self.output_dir.text()).expanduser() / SUGGESTIONS_FILE)
+        output = str(Path(self._folder(self.output_dir)) / SUGGESTIONS_FILE)
         argv = ["--image", image, "--points", points, "--checkpoint", self.model.text(), "--k", str(self.k.value()),
                 "--format", "zyx", "--output", output]  # fmt: skip
         argv += ["--slices", self.slices.text()] if self.slices.text().strip() else []
@@ -207,9 +211,10 @@ class MitodaWidget(QWidget):
 
     def save_to(self, folder: str | os.PathLike) -> list[Path]:
         """Copy the fine-tuned model.pt and its predictions (else the last prediction folder) into `folder`."""
-        folder, run = Path(folder).expanduser(), Path(self.output_dir.text()).expanduser()
+        folder, run = Path(folder).expanduser(), Path(self._folder(self.output_dir))
+        prediction = Path(self._folder(self.prediction_dir))
         sources = [p for p in (run / "model.pt", run / "predictions") if p.exists()]
-        sources = sources or ([Path(self.prediction_dir.text()).expanduser()] if Path(self.prediction_dir.text()).expanduser().is_dir() else [])
+        sources = sources or ([prediction] if prediction.is_dir() else [])
         if not sources:
             self._show_error(f"mitoda: error: {run}: nothing to save yet; fine-tune or predict first")
             return []
@@ -224,6 +229,11 @@ class MitodaWidget(QWidget):
             saved.append(target)
         self.status.setText(f"saved {', '.join(p.name for p in saved)} to {folder}")
         return saved
+
+    @staticmethod
+    def _folder(field: QLineEdit) -> str:
+        """A folder field's path, absolute (a relative one: from the folder napari was started in)."""
+        return str(Path(field.text()).expanduser().absolute())
 
     def _save_dialog(self) -> None:
         """Ask for a folder and save into it."""
@@ -247,7 +257,7 @@ class MitodaWidget(QWidget):
             self._show_error(f"mitoda: error: no layer chosen; open or add {missing}")
             return None
         try:
-            folder = check_output_dir(self.output_dir.text())
+            folder = check_output_dir(self._folder(self.output_dir))
             size = scale_pixel_size(image.scale, getattr(image, "units", None), where=f"layer {image.name!r} scale")
             image_file = self._image_file(image, folder)
             points_file = ""
@@ -256,7 +266,8 @@ class MitodaWidget(QWidget):
                 data = np.rint(np.asarray(clicks.data, dtype=np.float64)).reshape(len(clicks.data), -1)
                 if not len(data) or data.shape[1] not in (2, 3):
                     problem = f"has {data.shape[1]}-D points" if len(data) else "has no points"
-                    raise input_error(f"layer {clicks.name!r}", problem, "click on mitochondria in a (Z, Y, X) or 2D layer")
+                    fix = "click on mitochondria in a (Z, Y, X) or 2D layer"
+                    raise input_error(f"layer {clicks.name!r}", problem, fix)
                 if data.shape[1] == 2:  # a 2D layer: slice 0, as the tools read a 2D image as one slice
                     data = np.column_stack([np.zeros(len(data)), data])
                 write_points(points_file, data)
@@ -368,7 +379,7 @@ class MitodaWidget(QWidget):
 
     def _finetuned(self, _: Any) -> None:
         """Show the fine-tuned model's predictions; predict and suggest with that model from now on."""
-        run = Path(self.output_dir.text()).expanduser()
+        run = Path(self._folder(self.output_dir))
         self.cancelled = False
         self.model.setText(str(run / "model.pt"))
         self._show_predictions(run / "predictions")
@@ -415,10 +426,11 @@ def _run_script(name: str, argv: list[str]) -> int:
 
 
 def _run_finetune(argv: list[str], callback, cancel: threading.Event) -> int:
-    """scripts/finetune.py's `main(argv)`, its progress and rounds sent to `callback`, stopped once `cancel` is set."""
+    """scripts/finetune.py's `main(argv)`, its progress and rounds sent to `callback`, stopped once `cancel` is set;
+    the current folder, which `main` changes to the repository's, is restored afterwards."""
     from bundle.handlers import run_events
 
-    with run_events.listening(callback, cancel):
+    with run_events.listening(callback, cancel), contextlib.chdir(os.getcwd()):
         return _run_script("finetune", argv)
 
 
@@ -473,10 +485,6 @@ class _LayerCombo(QWidget):
         """The chosen layer, or None."""
         name = self.combo.currentText()
         return self.viewer.layers[name] if name in self.viewer.layers else None
-
-    def choose(self, name: str) -> None:
-        """Choose the layer `name`."""
-        self.combo.setCurrentText(name)
 
 
 def _spin(value: int) -> QSpinBox:
