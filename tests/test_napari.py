@@ -198,6 +198,8 @@ def test_a_bad_layer_shows_the_command_line_one_line_error(case: str, viewer_wid
     assert message.startswith("mitoda: error: ") and "\n" not in message and fragment in message, message
     assert errors == [message] and "failed" in widget.status.text()
     assert not (tmp_path / "run" / "finetune.json").exists()  # nothing written but the layers handed to the tool
+    if case == "2D image":  # a layer from no file: its data was handed over as a file
+        assert tifffile.imread(tmp_path / "run" / "layer_image.tif").shape == (256, 256)
     if case == "points outside the image":  # the very line the command line prints for the same files
         run = tmp_path / "run"
         assert not (run / "layer_image.tif").exists()  # the layer's own file was handed on
@@ -205,3 +207,11 @@ def test_a_bad_layer_shows_the_command_line_one_line_error(case: str, viewer_wid
                               str(viewer.layers["epfl_crop"].source.path), "--points", str(run / "layer_points.csv"),
                               "--output_dir", str(run)], capture_output=True, text=True)  # fmt: skip
         assert cli.returncode == 2 and cli.stderr.strip() == message
+
+
+def test_bundle_never_imports_napari_or_qt() -> None:
+    """The runtime install has no napari or Qt: nothing in `bundle` may import them (the plugin only uses bundle)."""
+    code = ("import sys, bundle, bundle.handlers, bundle.inference, bundle.pseudo_labels.suggest, bundle.data.points; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt6', 'PyQt5', 'vispy')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr[-2000:]

@@ -8,4 +8,7 @@ from bundle.handlers.resume import ResumeFromLatest, latest_checkpoint
 from bundle.handlers.run_events import RunEvents
 from bundle.handlers.slice_metric import SliceMetric
 
-__all__ = ["CallEngine", "LossTermsLogger", "PrototypeBank", "PseudoLabelRounds", "ResumeFromLatest", "RunEvents", "SliceMetric", "latest_checkpoint"]
+__all__ = [
+    "CallEngine", "LossTermsLogger", "PrototypeBank", "PseudoLabelRounds", "ResumeFromLatest", "RunEvents", "SliceMetric",
+    "latest_checkpoint",
+]  # fmt: skip

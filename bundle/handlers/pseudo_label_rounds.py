@@ -167,7 +167,7 @@ class PseudoLabelRounds:
         self._install(result.labels, result.density_masks, result.target_densities, result.point_masks)
         self._log(r, iteration, result.labels, sum(result.counts), result.checks)
         if kept:
-            run_events.round_event(r + 1, self.num_rounds, self.round_dir(r), kept)
+            run_events.round_event(r + 1, self.num_rounds, self.round_dir(r), result.labels, kept)
 
     @torch.no_grad()
     def _predictions(self, kept: list[np.ndarray] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -69,12 +69,14 @@ def check_cancel() -> None:
         raise Cancelled("cancelled; start the same run again to continue it from its last epoch checkpoint")
 
 
-def round_event(r: int, num_rounds: int, folder: str | Path, probabilities: Sequence[np.ndarray]) -> None:
-    """Emit round `r` (1-based) of `num_rounds`: its folder (labels.tif: the pseudo-labels), and the probability
-    (Z, Y, X) of the target slices it predicted with their instances (`label_instances` per slice)."""
+def round_event(r: int, num_rounds: int, folder: str | Path, labels: np.ndarray,
+                probabilities: Sequence[np.ndarray]) -> None:  # fmt: skip
+    """Emit round `r` (1-based) of `num_rounds`: its folder, its pseudo-labels (Z, Y, X: labels.tif there), and the
+    probability (Z, Y, X) of the target slices it predicted with their instances (`label_instances` per slice)."""
     probability = np.stack(probabilities).astype(np.float32)
     instances = np.stack([label_instances(p) for p in probability])
-    emit("round", round=r, num_rounds=num_rounds, folder=Path(folder), probability=probability, instances=instances)
+    emit("round", round=r, num_rounds=num_rounds, folder=Path(folder), labels=labels, probability=probability,
+         instances=instances)  # fmt: skip
 
 
 class RunEvents:

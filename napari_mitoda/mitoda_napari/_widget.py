@@ -160,7 +160,7 @@ class MitodaWidget(QWidget):
         if inputs is None:
             return
         image, points, pixel_size = inputs
-        argv = ["--target_image", image, "--points", points, "--output_dir", self._folder(self.output_dir),
+        argv = ["--target_image", IMAGE_ARG, "--points", points, "--output_dir", self._folder(self.output_dir),
                 "--num_iterations", str(self.iterations.value()), "--val_interval", str(self.interval.value()),
                 "--num_rounds", str(self.rounds.value()), "--holdout_clicks", str(self.holdout.value()),
                 "--checkpoint", self.start_model.text()]  # fmt: skip
@@ -178,7 +178,7 @@ class MitodaWidget(QWidget):
         self.round_bar.setValue(0)
         self.iteration_bar.setRange(0, self.iterations.value())
         self.iteration_bar.setValue(0)
-        self._start("fine-tune", _run_finetune, argv, self.relay.event.emit, self.cancel,
+        self._start("fine-tune", _run_finetune, image, argv, self.relay.event.emit, self.cancel,
                     done=self._finetuned)  # fmt: skip
 
     def request_cancel(self) -> None:
@@ -194,8 +194,9 @@ class MitodaWidget(QWidget):
             return
         image, _, pixel_size = inputs
         slices = self.slices.text().strip() or None
-        self._start("prediction", _run_predict, image, self.model.text(), self._folder(self.prediction_dir), pixel_size,
-                    slices, done=lambda _: self._show_predictions(Path(self._folder(self.prediction_dir))))  # fmt: skip
+        folder = self._folder(self.prediction_dir)
+        self._start("prediction", _run_predict, image, self._folder(self.output_dir), self.model.text(), folder,
+                    pixel_size, slices, done=self._show_predictions)  # fmt: skip
 
     def suggest(self) -> None:
         """Add the k instances the model is least sure about as a Points layer 'suggestions' (where to click)."""
@@ -204,10 +205,11 @@ class MitodaWidget(QWidget):
             return
         image, points, _ = inputs
         output = str(Path(self._folder(self.output_dir)) / SUGGESTIONS_FILE)
-        argv = ["--image", image, "--points", points, "--checkpoint", self.model.text(), "--k", str(self.k.value()),
-                "--format", "zyx", "--output", output]  # fmt: skip
+        argv = ["--image", IMAGE_ARG, "--points", points, "--checkpoint", self.model.text(), "--k",
+                str(self.k.value()), "--format", "zyx", "--output", output]  # fmt: skip
         argv += ["--slices", self.slices.text()] if self.slices.text().strip() else []
-        self._start("suggestions", _run_script, "suggest_clicks", argv, done=lambda _: self._show_suggestions(output))
+        self._start("suggestions", _run_script, "suggest_clicks", argv, image, self._folder(self.output_dir),
+                    done=lambda _: self._show_suggestions(output))  # fmt: skip
 
     def save_to(self, folder: str | os.PathLike) -> list[Path]:
         """Copy the fine-tuned model.pt and its predictions (else the last prediction folder) into `folder`."""
@@ -242,9 +244,9 @@ class MitodaWidget(QWidget):
             self.save_to(folder)
 
     # ------------------------------------------------------------------------------------------------- inputs
-    def _inputs(self, points: bool) -> tuple[str, str, str | None] | None:
-        """(image file, points CSV, --pixel_size or None) for the tools, from the chosen layers; None (and the
-        one-line error shown) when they cannot be."""
+    def _inputs(self, points: bool) -> tuple[str | Any, str, str | None] | None:
+        """(image file or layer data for `_with_image`, points CSV, --pixel_size or None) for the tools, from the
+        chosen layers; None (and the one-line error shown) when they cannot be."""
         from bundle.data.pixel_size import scale_pixel_size
         from bundle.data.points import write_points
         from bundle.errors import InputError, input_error
@@ -259,7 +261,7 @@ class MitodaWidget(QWidget):
         try:
             folder = check_output_dir(self._folder(self.output_dir))
             size = scale_pixel_size(image.scale, getattr(image, "units", None), where=f"layer {image.name!r} scale")
-            image_file = self._image_file(image, folder)
+            image_file = self._image_file(image)
             points_file = ""
             if points:
                 points_file = str(folder / POINTS_FILE)
@@ -278,10 +280,10 @@ class MitodaWidget(QWidget):
         return image_file, points_file, None if size is None else f"{size[0]:g},{size[1]:g}"
 
     @staticmethod
-    def _image_file(image: Image, folder: Path) -> str:
-        """The TIFF file the Image layer was opened from when its shape matches, else the layer written to
-        `folder`/layer_image.tif (as it is: a 2D layer stays 2D, and the tool says what it needs)."""
-        from bundle.data.io import SliceVolume, write_tiff
+    def _image_file(image: Image) -> str | Any:
+        """The TIFF file the Image layer was opened from when its shape matches, else the layer's data (the
+        worker writes it to a file: `_with_image`)."""
+        from bundle.data.io import SliceVolume
 
         source = getattr(image.source, "path", None)
         if source and Path(source).is_file() and Path(source).suffix.lower() in (".tif", ".tiff"):
@@ -289,11 +291,9 @@ class MitodaWidget(QWidget):
                 with SliceVolume(source) as volume:
                     if tuple(volume.shape) == tuple(image.data.shape):
                         return str(source)
-            except Exception:  # noqa: BLE001 - not readable as a volume: written out below
+            except Exception:  # noqa: BLE001 - not readable as a volume: its data is written out instead
                 pass
-        folder.mkdir(parents=True, exist_ok=True)
-        write_tiff(folder / IMAGE_FILE, np.asarray(image.data))
-        return str(folder / IMAGE_FILE)
+        return image.data
 
     # ------------------------------------------------------------------------------------------------- running
     def _start(self, what: str, function, *args: Any, done) -> None:
@@ -354,8 +354,6 @@ class MitodaWidget(QWidget):
 
     def _show_round(self, event: dict) -> None:
         """Round r's probability, instances and pseudo-labels (of the adapted slices) as layers."""
-        from bundle.data.io import read_volume
-
         depth, image = self._image.data.shape[0], self._image
         if len(self._slices) != len(event["probability"]):
             return
@@ -367,9 +365,8 @@ class MitodaWidget(QWidget):
                       colormap="magma", blending="additive", visible=False, **keywords)  # fmt: skip
         self._replace("labels", on_slices(event["instances"], self._slices, depth), name=f"round {r} instances",
                       visible=False, **keywords)  # fmt: skip
-        labels = read_volume(Path(event["folder"]) / "labels.tif")
-        self._replace("labels", on_slices(labels, self._slices, depth), name=f"round {r} pseudo-labels", opacity=0.4,
-                      **keywords)  # fmt: skip
+        self._replace("labels", on_slices(event["labels"], self._slices, depth), name=f"round {r} pseudo-labels",
+                      opacity=0.4, **keywords)  # fmt: skip
 
     def _replace(self, kind: str, data: Any, name: str, **keywords: Any) -> None:
         """Add a layer, in place of an earlier one of the same name (a round run again after a resume)."""
@@ -377,27 +374,23 @@ class MitodaWidget(QWidget):
             self.viewer.layers.remove(name)
         getattr(self.viewer, f"add_{kind}")(data, name=name, **keywords)
 
-    def _finetuned(self, _: Any) -> None:
+    def _finetuned(self, layers: list) -> None:
         """Show the fine-tuned model's predictions; predict and suggest with that model from now on."""
         run = Path(self._folder(self.output_dir))
         self.cancelled = False
         self.model.setText(str(run / "model.pt"))
-        self._show_predictions(run / "predictions")
+        self._show_predictions(layers)
         self.status.setText(f"fine-tuned: {run / 'model.pt'}; predictions in {run / 'predictions'}")
 
-    def _show_predictions(self, folder: Path) -> None:
-        """A prediction folder's probability and instances as layers (replacing earlier ones of the same name)."""
-        from mitoda_napari._io import read_prediction_layers
-
-        image = self._image
-        for data, meta, kind in read_prediction_layers(folder):
-            if meta["name"] == "density":
-                continue
-            meta.update(scale=image.scale, translate=image.translate)
+    def _show_predictions(self, layers: list) -> None:
+        """The probability and instances layers a worker read (replacing earlier ones of the same name), on the
+        image layer's grid."""
+        for data, meta, kind in layers:
+            meta.update(scale=self._image.scale, translate=self._image.translate)
             meta.pop("units", None)
             self._replace(kind, data, **meta)
         if self._what == "prediction":
-            self.status.setText(f"predicted into {folder}")
+            self.status.setText(f"predicted into {self._folder(self.prediction_dir)}")
 
     def _show_suggestions(self, path: str) -> None:
         """The suggested clicks as a Points layer, best first."""
@@ -415,31 +408,59 @@ class ToolError(Exception):
     `CommandError`, a SystemExit)."""
 
 
-def _run_script(name: str, argv: list[str]) -> int:
-    """scripts/<name>.py's `main(argv)`; its one-line error (bundle.errors.CommandError) becomes a `ToolError`."""
+IMAGE_ARG = "{image}"  # in a tool's argv: replaced by the image file in the worker (`_with_image`)
+
+
+def _with_image(argv: list[str], image: str | Any, folder: str) -> list[str]:
+    """`argv` with the image file: `image` itself, or layer data written to `folder`/layer_image.tif first (as it
+    is: a 2D layer stays 2D, as the tools read a 2D file)."""
+    from bundle.data.io import write_tiff
+
+    if not isinstance(image, str):
+        write_tiff(Path(folder) / IMAGE_FILE, np.asarray(image))
+        image = str(Path(folder) / IMAGE_FILE)
+    return [image if arg == IMAGE_ARG else arg for arg in argv]
+
+
+def _run_script(name: str, argv: list[str], image: str | Any, folder: str) -> int:
+    """scripts/<name>.py's `main(argv)` (with the image file, `_with_image`); its one-line error
+    (bundle.errors.CommandError) becomes a `ToolError`."""
     from bundle.errors import CommandError
 
     try:
-        return script(name).main(argv)
+        return script(name).main(_with_image(argv, image, folder))
     except CommandError as exc:
         raise ToolError(exc.message) from None
 
 
-def _run_finetune(argv: list[str], callback, cancel: threading.Event) -> int:
+def _prediction_layers(folder: Path) -> list:
+    """A prediction folder's probability and instances as layer tuples, read in the worker."""
+    from mitoda_napari._io import read_prediction_layers
+
+    return [layer for layer in read_prediction_layers(folder) if layer[1]["name"] != "density"]
+
+
+def _run_finetune(image: str | Any, argv: list[str], callback, cancel: threading.Event) -> list:
     """scripts/finetune.py's `main(argv)`, its progress and rounds sent to `callback`, stopped once `cancel` is set;
-    the current folder, which `main` changes to the repository's, is restored afterwards."""
+    the current folder, which `main` changes to the repository's, is restored afterwards. Returns the layers of
+    its predictions."""
     from bundle.handlers import run_events
 
+    folder = argv[argv.index("--output_dir") + 1]
     with run_events.listening(callback, cancel), contextlib.chdir(os.getcwd()):
-        return _run_script("finetune", argv)
+        _run_script("finetune", argv, image, folder)
+    return _prediction_layers(Path(folder) / "predictions")
 
 
-def _run_predict(image: str, checkpoint: str, output_dir: str, pixel_size: str | None, slices: str | None) -> str:
-    """configs/inference.yaml on `image`, as scripts/finetune.py's prediction step runs it."""
+def _run_predict(image: str | Any, folder: str, checkpoint: str, output_dir: str, pixel_size: str | None,
+                 slices: str | None) -> list:  # fmt: skip
+    """configs/inference.yaml on `image` (layer data: written into `folder` first), as scripts/finetune.py's
+    prediction step runs it; returns the layers of the prediction."""
     import monai.bundle
 
     from bundle.errors import find_input_error, input_error
 
+    (image,) = _with_image([IMAGE_ARG], image, folder)
     if not Path(checkpoint).expanduser().is_file():
         raise input_error(checkpoint, "no such model file", "pass a model.pt (models/model.pt, or a fine-tune's)")
     try:
@@ -452,7 +473,7 @@ def _run_predict(image: str, checkpoint: str, output_dir: str, pixel_size: str |
         if error is None:
             raise
         raise error from None
-    return output_dir
+    return _prediction_layers(Path(output_dir))
 
 
 # ----------------------------------------------------------------------------------------------- small widgets
