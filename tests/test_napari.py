@@ -215,3 +215,22 @@ def test_bundle_never_imports_napari_or_qt() -> None:
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt6', 'PyQt5', 'vispy')))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr[-2000:]
+
+
+def test_a_2d_image_with_2d_clicks_is_one_slice(make_napari_viewer, qtbot, tmp_path: Path, errors) -> None:
+    """As the command line reads a 2D file: one slice; the round and prediction layers come back as 2D."""
+    viewer = make_napari_viewer()
+    viewer.add_image(tifffile.imread(need(EPFL / "training.tif"), key=0)[WINDOW], name="slice")  # not from a file
+    viewer.add_points([[228.0, 214.0], [80.0, 220.0]], name="clicks")  # two mitochondria of that crop (y, x)
+    _, widget = viewer.window.add_plugin_dock_widget("mitoda-napari", "Fine-tune")
+    widget.output_dir.setText(str(tmp_path / "run"))
+    for box, value in ((widget.iterations, 2), (widget.interval, 1), (widget.rounds, 1)):
+        box.setValue(value)
+    widget.holdout.setValue(0)
+    widget.options.setText(FAST)
+    widget.finetune_button.click()
+    _wait_idle(qtbot, widget)
+    assert not errors, errors
+    assert read_points(tmp_path / "run" / "layer_points.csv")[:, 0].tolist() == [0, 0]  # z = 0 added
+    for name in ("round 1 pseudo-labels", "round 1 probability", "probability", "instances"):
+        assert viewer.layers[name].data.shape == (256, 256), name

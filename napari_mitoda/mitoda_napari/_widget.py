@@ -169,7 +169,7 @@ class MitodaWidget(QWidget):
         argv += shlex.split(self.options.text())
         from bundle.data.io import parse_slices
 
-        depth = self._image.data.shape[0]
+        depth = self._image.data.shape[0] if self._image.ndim == 3 else 1  # a 2D image is one slice
         try:
             self._slices = parse_slices(self.slices.text().strip() or None, depth, path="--slices")
         except Exception:  # noqa: BLE001 - the fine-tune's own check reports it as one line
@@ -354,11 +354,12 @@ class MitodaWidget(QWidget):
 
     def _show_round(self, event: dict) -> None:
         """Round r's probability, instances and pseudo-labels (of the adapted slices) as layers."""
-        depth, image = self._image.data.shape[0], self._image
+        image = self._image
+        depth = image.data.shape[0] if image.ndim == 3 else 1
         if len(self._slices) != len(event["probability"]):
             return
         shape = event["probability"].shape[1:]  # at the model's scale when the volume was resampled
-        scale = [image.scale[0], *(s * n / m for s, n, m in zip(image.scale[-2:], image.data.shape[-2:], shape))]
+        scale = [*image.scale[:-2], *(s * n / m for s, n, m in zip(image.scale[-2:], image.data.shape[-2:], shape))]
         r = event["round"]
         keywords = {"scale": scale, "translate": image.translate}
         self._replace("image", on_slices(event["probability"], self._slices, depth), name=f"round {r} probability",
@@ -369,7 +370,10 @@ class MitodaWidget(QWidget):
                       opacity=0.4, **keywords)  # fmt: skip
 
     def _replace(self, kind: str, data: Any, name: str, **keywords: Any) -> None:
-        """Add a layer, in place of an earlier one of the same name (a round run again after a resume)."""
+        """Add a layer, in place of an earlier one of the same name (a round run again after a resume); over a 2D
+        image, the tools' one slice (z = 0) is shown as 2D."""
+        if self._image.ndim == 2:
+            data = data[:, 1:] if kind == "points" else data[0]
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
         getattr(self.viewer, f"add_{kind}")(data, name=name, **keywords)
