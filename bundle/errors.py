@@ -69,10 +69,24 @@ def install_excepthook() -> None:
     sys.excepthook = _excepthook
 
 
+class CommandError(SystemExit):
+    """A command-line script's one-line error (exit code 2); `message` is the line after 'mitoda: error: ', for a
+    caller in the same process (the napari plugin) to show.
+
+    Args:
+        message: the one-line message.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+
 def fail(message: str) -> NoReturn:
-    """Print one line 'mitoda: error: <message>' on stderr and exit 2 (the command-line scripts)."""
-    print(f"mitoda: error: {' '.join(str(message).split())}", file=sys.stderr)
-    raise SystemExit(2)
+    """Print one line 'mitoda: error: <message>' on stderr and exit 2 (the command-line scripts; `CommandError`)."""
+    message = " ".join(str(message).split())
+    print(f"mitoda: error: {message}", file=sys.stderr)
+    raise CommandError(message)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 [ -x .venv-lock/bin/pip-compile ] || { "$PYTHON" -m venv .venv-lock && .venv-lock/bin/python -m pip install -q pip-tools==7.6.2; }
 export CUSTOM_COMPILE_COMMAND="bash scripts/lock.sh"
-for group in runtime tracking cluster dev; do  # in this order: each later group is constrained by the earlier locks
+for group in runtime tracking cluster dev napari; do  # in this order: each later group is constrained by the earlier locks
     .venv-lock/bin/pip-compile -q --no-emit-index-url --no-emit-find-links --strip-extras --allow-unsafe "$@" \
         -o "requirements/$group.txt" "requirements/$group.in"
 done

@@ -21,6 +21,7 @@ from bundle.data.pixel_size import (
     file_pixel_size,
     model_scale,
     resample_volume,
+    scale_pixel_size,
     scale_points,
     stated_z_spacing,
 )
@@ -77,6 +78,16 @@ def test_the_scale_comes_from_the_option_then_the_file_then_the_model(tmp_path: 
     assert as_pixel_size("8") == as_pixel_size(8) == as_pixel_size([8]) == (8.0, 8.0)
     for bad in ("x", 0, -3, [1, 2, 3], True):
         raises_one_line(as_pixel_size, bad, name="not a pixel size")
+
+
+def test_a_viewer_layer_scale_is_a_pixel_size_in_nm() -> None:
+    """napari's default scale 1 is unknown (the file's or the model's); numbers without a unit are nm."""
+    assert scale_pixel_size([1, 1, 1]) is None and scale_pixel_size([1, 1, 1], ["pixel"] * 3) is None
+    assert scale_pixel_size([5, 5, 5]) == (5.0, 5.0) and scale_pixel_size([40, 8, 6], ["nm"] * 3) == (8.0, 6.0)
+    assert scale_pixel_size([1, 0.008, 0.008], ["pixel", "micrometer", "micrometer"]) == (8.0, 8.0)
+    assert scale_pixel_size([1, 1, 1], ["nm", "µm", "µm"]) == (1000.0, 1000.0)  # a unit: scale 1 is a size
+    raises_one_line(scale_pixel_size, [1, 1, 1], ["s", "s", "s"], name="layer scale")
+    raises_one_line(scale_pixel_size, [1, -2, 2], name="layer scale")
 
 
 def test_the_z_spacing_comes_from_the_option_then_the_file_times_the_slice_step(tmp_path: Path, caplog) -> None:

@@ -73,7 +73,7 @@ def test_metadata_versions_are_the_locks(meta: dict) -> None:
     assert "optional_packages_version" not in meta  # MONAI 1.6 would read it as required_packages_version
 
 
-@pytest.mark.parametrize("group", ["runtime", "tracking", "cluster", "dev"])
+@pytest.mark.parametrize("group", ["runtime", "tracking", "cluster", "dev", "napari"])
 def test_every_lock_pins_its_requirements_and_no_cuda_build(group: str) -> None:
     """Each lock pins every direct requirement of its .in file to a version that satisfies it, and holds no CUDA
     build (torch pinned to the release, no nvidia-* packages)."""

@@ -4,6 +4,7 @@ held-out clicks that never reach training."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from bundle.data.density import density_map
 from bundle.data.target import split_clicks
 from bundle.errors import InputError
 from bundle.handlers import PseudoLabelRounds
+from bundle.handlers.run_events import Cancelled, listening
 from bundle.pseudo_labels.rounds import (
     RoundRule,
     click_checks,
@@ -100,6 +102,21 @@ def test_the_outline_rule_cuts_back_to_a_dark_membrane(tmp_path: Path) -> None:
     fresh, _ = _rounds(tmp_path / "again", "dark_interior")
     fresh.load_state_dict(state)
     assert fresh.snap is True
+
+
+def test_a_listener_in_the_process_gets_each_round_and_cancels_between_slices(tmp_path: Path) -> None:
+    events: list[dict] = []
+    with listening(events.append):
+        _, labels = _rounds(tmp_path, "membrane")
+    (event,) = events
+    assert (event["kind"], event["round"], event["num_rounds"]) == ("round", 1, 1)
+    assert np.array_equal(event["labels"][0], labels) and event["folder"] == tmp_path / "membrane" / "round_0"
+    assert event["probability"].shape == (1, SIZE, SIZE) and event["instances"].max() == len(CENTRES)
+    cancel = threading.Event()
+    cancel.set()
+    with listening(events.append, cancel), pytest.raises(Cancelled):
+        _rounds(tmp_path / "cancelled", "membrane")
+    assert len(events) == 1 and not (tmp_path / "cancelled" / "membrane" / "round_0").exists()
 
 
 def test_finish_label_without_the_rule_only_adds_the_clicks() -> None:

@@ -184,3 +184,25 @@ def scale_points(points: np.ndarray, factors: Sequence[float], shape: Sequence[i
         points[:, axis] = np.clip(np.floor((points[:, axis] + 0.5) * factor), 0, size - 1)
     return points
 
+
+
+# nm per unit of the length units a viewer's layer scale may be in (napari: pint's names); "pixel" and no unit: the
+# scale's numbers are read as nm
+NM_PER_UNIT = {"nanometer": 1.0, "nm": 1.0, "micrometer": 1e3, "micron": 1e3, "um": 1e3, "µm": 1e3, "μm": 1e3,
+               "millimeter": 1e6, "mm": 1e6, "angstrom": 0.1, "pixel": 1.0, "px": 1.0, "": 1.0}  # fmt: skip
+
+
+def scale_pixel_size(scale: Sequence[float], units: Sequence[str | None] | None = None,
+                     where: str = "layer scale") -> PixelSize | None:  # fmt: skip
+    """The (y, x) pixel size in nm that a viewer layer's `scale` (per axis, the last two y, x) and `units` state,
+    as `--pixel_size` takes it; None for the scale 1, 1 (a viewer's default: unknown, the file's or the model's is
+    used). A unit that is not a length, or a scale that is not a size, is a one-line InputError."""
+    yx = [float(v) for v in list(scale)[-2:]]
+    names = [str(u if u is not None else "").strip() for u in (list(units)[-2:] if units is not None else ["", ""])]
+    unknown = [name for name in names if name not in NM_PER_UNIT]
+    if unknown:
+        units_text = ", ".join(sorted(NM_PER_UNIT)[1:])
+        raise input_error(where, f"unit {unknown[0]!r} is not a length", f"use one of {units_text}")
+    if len(yx) != 2 or yx == [1.0, 1.0] and all(NM_PER_UNIT[n] == 1.0 for n in names):
+        return None
+    return as_pixel_size([v * NM_PER_UNIT[n] for v, n in zip(yx, names)], where)

@@ -5,6 +5,10 @@ from bundle.handlers.loss_terms import LossTermsLogger
 from bundle.handlers.prototype_bank import PrototypeBank
 from bundle.handlers.pseudo_label_rounds import PseudoLabelRounds
 from bundle.handlers.resume import ResumeFromLatest, latest_checkpoint
+from bundle.handlers.run_events import RunEvents
 from bundle.handlers.slice_metric import SliceMetric
 
-__all__ = ["CallEngine", "LossTermsLogger", "PrototypeBank", "PseudoLabelRounds", "ResumeFromLatest", "SliceMetric", "latest_checkpoint"]
+__all__ = [
+    "CallEngine", "LossTermsLogger", "PrototypeBank", "PseudoLabelRounds", "ResumeFromLatest", "RunEvents", "SliceMetric",
+    "latest_checkpoint",
+]  # fmt: skip

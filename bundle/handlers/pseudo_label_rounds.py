@@ -20,6 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from bundle.data.density import density_map
 from bundle.data.io import read_volume, write_tiff
+from bundle.handlers import run_events
 from bundle.losses.multitask import IGNORE_INDEX
 from bundle.pseudo_labels import tta_predict
 from bundle.pseudo_labels.rounds import RoundRule, label_round
@@ -150,8 +151,10 @@ class PseudoLabelRounds:
         self.network.eval()
         images = [np.asarray(item["image"])[0] for item in self.items]
         counts = self.counts if self.fixed_count else None
-        result = label_round(self.rule, r, self._predictions(), images, self.gt, self.pseudo, self.holdout,
-                             counts=counts, snap=self.snap, snap_reason=self.snap_reason)  # fmt: skip
+        kept: list[np.ndarray] = []  # the probabilities, for a listener in the same process only (run_events)
+        result = label_round(self.rule, r, self._predictions(kept if run_events.listened() else None), images,
+                             self.gt, self.pseudo, self.holdout, counts=counts, snap=self.snap,
+                             snap_reason=self.snap_reason)  # fmt: skip
         self.network.train(was_training)
         if self.rule.snap_to_membranes and self.snap is None:  # decided once per volume, on the first round's labels
             decision = "cut back to the membrane" if result.snap else "left as they are"
@@ -163,14 +166,21 @@ class PseudoLabelRounds:
         self.round = r + 1
         self._install(result.labels, result.density_masks, result.target_densities, result.point_masks)
         self._log(r, iteration, result.labels, sum(result.counts), result.checks)
+        if kept:
+            run_events.round_event(r + 1, self.num_rounds, self.round_dir(r), result.labels, kept)
 
     @torch.no_grad()
-    def _predictions(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The network's TTA (probability, density) of each target slice, one slice at a time."""
+    def _predictions(self, kept: list[np.ndarray] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The network's TTA (probability, density) of each target slice, one slice at a time (the probabilities
+        also appended to `kept` when given); a cancelled run (`run_events`) stops between two slices."""
         for item in self.items:
+            run_events.check_cancel()
             image = torch.as_tensor(item["image"], dtype=torch.float32, device=self.device)[None]
             probability, density = tta_predict(self.network, image, self.inferer, self.tta_views)
-            yield probability[0, 0].cpu().numpy(), density[0, 0].cpu().numpy()
+            probability, density = probability[0, 0].cpu().numpy(), density[0, 0].cpu().numpy()
+            if kept is not None:
+                kept.append(probability)
+            yield probability, density
 
     def _write_round(self, r: int, labels: np.ndarray, masks: np.ndarray, point_masks: np.ndarray | None = None) -> None:
         """Write labels.tif, density_mask.tif, point_mask.tif, pseudo_points.csv, previews and the model that
