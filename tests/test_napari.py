@@ -94,6 +94,7 @@ def _wait_idle(qtbot, widget) -> None:
 
 def test_finetune_cancel_resume_rounds_suggestions_and_save(viewer_widget, qtbot, tmp_path: Path, errors) -> None:
     viewer, widget = viewer_widget
+    assert viewer.layers["epfl_crop"].colormap.name == "gray"  # the reader opens EM grey, not as a map
     run = tmp_path / "run"
     reached, go, seen = threading.Event(), threading.Event(), []
 

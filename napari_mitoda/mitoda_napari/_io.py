@@ -40,9 +40,9 @@ def _kind(name: str) -> str:
 
 
 def _layer(data: np.ndarray, name: str, kind: str, scale: dict) -> LayerData:
-    """One layer tuple; probabilities and densities look like maps, not EM."""
+    """One layer tuple; probabilities and densities look like maps, an EM volume (any other image) grey."""
     meta: dict = {"name": name, **scale}
-    if kind == "image" and name != "image":
+    if kind == "image" and name.startswith(("probability", "density")):
         meta.update(colormap="magma" if name.startswith("probability") else "viridis", blending="additive")
     return (data if kind == "image" else np.asarray(data).astype(np.int32, copy=False), meta, kind)
 
