@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from bundle.data.io import SliceVolume, parse_slices
 from bundle.data.readers import PixelSize, reader_for
+from bundle.data.readers.base import nm_per_unit
 from bundle.errors import input_error
 
 MODEL_PIXEL_SIZE = 4.6  # nm per pixel of the source volume, VNC III (its README)
@@ -186,10 +187,14 @@ def scale_points(points: np.ndarray, factors: Sequence[float], shape: Sequence[i
 
 
 
-# nm per unit of the length units a viewer's layer scale may be in (napari: pint's names); "pixel" and no unit: the
-# scale's numbers are read as nm
-NM_PER_UNIT = {"nanometer": 1.0, "nm": 1.0, "micrometer": 1e3, "micron": 1e3, "um": 1e3, "µm": 1e3, "μm": 1e3,
-               "millimeter": 1e6, "mm": 1e6, "angstrom": 0.1, "pixel": 1.0, "px": 1.0, "": 1.0}  # fmt: skip
+# a viewer layer's units beyond the files' (`nm_per_unit`): "pixel" and no unit (the scale's numbers read as nm), and
+# pint's Greek mu
+VIEWER_UNITS = {"pixel": 1.0, "px": 1.0, "": 1.0, "μm": 1e3}
+
+
+def _layer_nm_per_unit(name: str) -> float:
+    """nm in one unit of a layer's scale; NaN for one that is not a length."""
+    return VIEWER_UNITS[name] if name in VIEWER_UNITS else nm_per_unit(name)
 
 
 def scale_pixel_size(scale: Sequence[float], units: Sequence[str | None] | None = None,
@@ -199,10 +204,10 @@ def scale_pixel_size(scale: Sequence[float], units: Sequence[str | None] | None 
     used). A unit that is not a length, or a scale that is not a size, is a one-line InputError."""
     yx = [float(v) for v in list(scale)[-2:]]
     names = [str(u if u is not None else "").strip() for u in (list(units)[-2:] if units is not None else ["", ""])]
-    unknown = [name for name in names if name not in NM_PER_UNIT]
+    factors = [_layer_nm_per_unit(name) for name in names]
+    unknown = [name for name, factor in zip(names, factors) if math.isnan(factor)]
     if unknown:
-        units_text = ", ".join(sorted(NM_PER_UNIT)[1:])
-        raise input_error(where, f"unit {unknown[0]!r} is not a length", f"use one of {units_text}")
-    if len(yx) != 2 or yx == [1.0, 1.0] and all(NM_PER_UNIT[n] == 1.0 for n in names):
+        raise input_error(where, f"unit {unknown[0]!r} is not a length", "use nm, µm, mm, angstrom, or pixel (none)")
+    if len(yx) != 2 or yx == [1.0, 1.0] and all(factor == 1.0 for factor in factors):
         return None
-    return as_pixel_size([v * NM_PER_UNIT[n] for v, n in zip(yx, names)], where)
+    return as_pixel_size([v * factor for v, factor in zip(yx, factors)], where)

@@ -220,8 +220,8 @@ class ZarrReader(VolumeReader):
 
 def slice_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     """Chunks of one whole slice of a (Z, Y, X) or 2D `shape`. Tiles of 1024² were tried for 4096² slices: each
-    chunk's encoding then needs less transient memory, yet the peak RSS of each blockwise worker rose (2.04 to 2.23 GB, 32
-    slices, 2 workers, docs/results.md), so the whole slice stays the chunk."""
+    chunk's encoding then needs less transient memory, yet the peak RSS of each blockwise worker rose (2.04 to
+    2.23 GB, 32 slices, 2 workers, docs/results.md), so the whole slice stays the chunk."""
     return (1,) * (len(shape) - 2) + tuple(int(n) for n in shape[-2:])
 
 
