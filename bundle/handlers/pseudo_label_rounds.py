@@ -21,6 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 from bundle.data.density import density_map
 from bundle.data.io import read_volume, write_tiff
 from bundle.handlers import run_events
+from bundle.inference.runtime import prediction_network, resolve_backend
 from bundle.losses.multitask import IGNORE_INDEX
 from bundle.pseudo_labels import tta_predict
 from bundle.pseudo_labels.rounds import RoundRule, label_round
@@ -81,6 +82,8 @@ class PseudoLabelRounds:
             predicted foreground (the label-free check of the model of the epoch before; round 1 is the start).
         preview_slices: indices into `items` of the PNG previews of each round.
         device: where the network predicts.
+        backend: where the predictions of a round run (`bundle.inference.runtime`): "eager", "openvino" (a copy
+            of the round's weights, compiled on the CPU) or "auto".
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class PseudoLabelRounds:
         holdout_points: np.ndarray | None = None,
         preview_slices: Sequence[int] = (0,),
         device: str | torch.device = "cpu",
+        backend: str = "eager",
     ) -> None:
         self.rule = RoundRule() if rule is None else rule
         if len(self.rule.omega_fractions) < num_rounds:
@@ -117,6 +121,7 @@ class PseudoLabelRounds:
         self.snap: bool | None = None  # the outline rule's decision for this volume (None: not decided yet)
         self.snap_reason = ""
         self.device = torch.device(device)
+        self.backend = resolve_backend(backend, self.device)
         self.logger = logging.getLogger("mitoda.pseudo_labels")
         self._writer: SummaryWriter | None = None
 
@@ -172,11 +177,13 @@ class PseudoLabelRounds:
     @torch.no_grad()
     def _predictions(self, kept: list[np.ndarray] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The network's TTA (probability, density) of each target slice, one slice at a time (the probabilities
-        also appended to `kept` when given); a cancelled run (`run_events`) stops between two slices."""
+        also appended to `kept` when given), with the round's copy of the weights on `backend`; a cancelled run
+        (`run_events`) stops between two slices."""
+        network = prediction_network(self.network, self.backend, self.device)
         for item in self.items:
             run_events.check_cancel()
             image = torch.as_tensor(item["image"], dtype=torch.float32, device=self.device)[None]
-            probability, density = tta_predict(self.network, image, self.inferer, self.tta_views)
+            probability, density = tta_predict(network, image, self.inferer, self.tta_views)
             probability, density = probability[0, 0].cpu().numpy(), density[0, 0].cpu().numpy()
             if kept is not None:
                 kept.append(probability)

@@ -30,6 +30,7 @@ from bundle.inference.prediction_folder import (
     prediction_path,
     slice_writers,
 )
+from bundle.inference.runtime import prediction_network
 
 
 @torch.no_grad()
@@ -68,6 +69,9 @@ class VolumePredictor:
         progress: show a progress bar.
         scale: (y, x) factors from the input's pixels to the model's (`bundle.data.pixel_size.model_scale`).
         pixel_size: (y, x) nm per pixel of the input, written into OME-Zarr outputs when known.
+        backend: where the network runs (`bundle.inference.runtime`): "eager" (the module itself), "openvino" (a
+            compiled CPU copy of its weights, about 2.5x faster on a CPU) or "auto" (openvino on a CPU when
+            installed; configs/inference.yaml's default).
     """
 
     def __init__(
@@ -79,8 +83,9 @@ class VolumePredictor:
         progress: bool = True,
         scale: Sequence[float] = (1.0, 1.0),
         pixel_size: PixelSize | None = None,
+        backend: str = "eager",
     ) -> None:
-        self.network = network.eval()
+        self.network = prediction_network(network.eval(), backend, device)
         self.inferer = inferer
         self.postprocessing = postprocessing
         self.device = torch.device(device)

@@ -13,6 +13,22 @@ SEG_CHANNELS = (0, 1)  # background / mitochondrion logits
 DENSITY_CHANNEL = 2  # centre density, instances per pixel (sums to the instance count)
 
 
+class SkipUpCat(UpCat):
+    """MONAI's `UpCat` (upsample, concatenate the encoder's features, two convolutions) that pads the upsampled
+    features only where the encoder's are larger (a size that is not a multiple of 16). `UpCat` always calls a
+    replicate pad, with zero widths on most inputs: a copy, and under `torch.compile` a backward pass that fails."""
+
+    def forward(self, x: torch.Tensor, x_e: torch.Tensor | None) -> torch.Tensor:
+        """Upsample `x`, pad it to `x_e`'s size where that is one larger, concatenate (x_e first), convolve."""
+        x_0 = self.upsample(x)
+        if x_e is None:
+            return self.convs(x_0)
+        pad = [0, int(x_e.shape[-1] != x_0.shape[-1]), 0, int(x_e.shape[-2] != x_0.shape[-2])]
+        if any(pad):
+            x_0 = F.pad(x_0, pad, "replicate")
+        return self.convs(torch.cat([x_e, x_0], dim=1))
+
+
 class MultiTaskUNet(nn.Module):
     """U-Net f_D∘f_E with heads f_S (2-class logits) and f_R (non-negative density); forward returns one tensor."""
 
@@ -38,10 +54,10 @@ class MultiTaskUNet(nn.Module):
         self.down_2 = Down(2, fea[1], fea[2], act, norm, True, dropout)
         self.down_3 = Down(2, fea[2], fea[3], act, norm, True, dropout)
         self.down_4 = Down(2, fea[3], fea[4], act, norm, True, dropout)
-        self.upcat_4 = UpCat(2, fea[4], fea[3], fea[3], act, norm, True, dropout, upsample)
-        self.upcat_3 = UpCat(2, fea[3], fea[2], fea[2], act, norm, True, dropout, upsample)
-        self.upcat_2 = UpCat(2, fea[2], fea[1], fea[1], act, norm, True, dropout, upsample)
-        self.upcat_1 = UpCat(2, fea[1], fea[0], fea[5], act, norm, True, dropout, upsample, halves=False)
+        self.upcat_4 = SkipUpCat(2, fea[4], fea[3], fea[3], act, norm, True, dropout, upsample)
+        self.upcat_3 = SkipUpCat(2, fea[3], fea[2], fea[2], act, norm, True, dropout, upsample)
+        self.upcat_2 = SkipUpCat(2, fea[2], fea[1], fea[1], act, norm, True, dropout, upsample)
+        self.upcat_1 = SkipUpCat(2, fea[1], fea[0], fea[5], act, norm, True, dropout, upsample, halves=False)
         self.seg_head = nn.Conv2d(fea[5], len(SEG_CHANNELS), kernel_size=1)
         self.density_head = nn.Conv2d(fea[5], 1, kernel_size=1)
 
