@@ -3,7 +3,7 @@
     python scripts/bench_blockwise.py [--slices 32] [--size 1024] [--workers 1 2] [--block_slices 4]
         [--without_single] [--checkpoint models/model.pt] [--output_dir runs/bench_blockwise]
 
-Writes a (slices, size, size) uint8 zarr volume of EPFL slice 120 tiled (`bench_inference.make_slice`, each slice
+Writes a (slices, size, size) uint8 zarr volume of EPFL slice 120 tiled (`bundle.speed.make_slice`, each slice
 rolled so that no two are alike), then, for each N of --workers, runs as a user runs it (`python -m monai.bundle
 run`): configs/inference.yaml with N torch threads into OUT/single_N.ome.zarr, and configs/inference_cluster.yaml
 with `--workers N` (one thread each) into OUT/workers_N.ome.zarr. Prints the wall times, their ratio (cluster /
@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import numpy as np  # noqa: E402
 
-from bench_inference import make_slice  # noqa: E402
+from bundle.speed import make_slice  # noqa: E402
 from benchmark import run_command  # noqa: E402
 from bundle.errors import OneLineParser  # noqa: E402
 

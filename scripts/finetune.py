@@ -263,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             config_file=str(CONFIGS / "inference.yaml"), input_image=args.target_image,
             checkpoint=str(output / "model.pt"), output_dir=str(output / "predictions"),
             width=settings.get("width", 16), pixel_size=args.pixel_size, threads=settings.get("threads"),
+            runtime=settings.get("runtime", "auto"),
         ),
     }  # fmt: skip
     for name, step in steps.items():

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 from bundle.data.density import density_map
 from bundle.data.io import read_volume, write_tiff
 from bundle.handlers import run_events
-from bundle.inference.runtime import prediction_network, resolve_backend
+from bundle.inference.runtime import prediction_network, resolve_runtime
 from bundle.losses.multitask import IGNORE_INDEX
 from bundle.pseudo_labels import tta_predict
 from bundle.pseudo_labels.rounds import RoundRule, label_round
@@ -82,7 +83,7 @@ class PseudoLabelRounds:
             predicted foreground (the label-free check of the model of the epoch before; round 1 is the start).
         preview_slices: indices into `items` of the PNG previews of each round.
         device: where the network predicts.
-        backend: where the predictions of a round run (`bundle.inference.runtime`): "eager", "openvino" (a copy
+        runtime: where the predictions of a round run (`bundle.inference.runtime`): "eager", "openvino" (a copy
             of the round's weights, compiled on the CPU) or "auto".
     """
 
@@ -102,7 +103,7 @@ class PseudoLabelRounds:
         holdout_points: np.ndarray | None = None,
         preview_slices: Sequence[int] = (0,),
         device: str | torch.device = "cpu",
-        backend: str = "eager",
+        runtime: str = "eager",
     ) -> None:
         self.rule = RoundRule() if rule is None else rule
         if len(self.rule.omega_fractions) < num_rounds:
@@ -121,8 +122,9 @@ class PseudoLabelRounds:
         self.snap: bool | None = None  # the outline rule's decision for this volume (None: not decided yet)
         self.snap_reason = ""
         self.device = torch.device(device)
-        self.backend = resolve_backend(backend, self.device)
+        self.runtime = resolve_runtime(runtime, self.device)
         self.logger = logging.getLogger("mitoda.pseudo_labels")
+        self._predict_seconds = 0.0  # of the round being made: its predictions, for the round's summary
         self._writer: SummaryWriter | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -152,6 +154,7 @@ class PseudoLabelRounds:
     def run_round(self, iteration: int = 0) -> None:
         """Predict the target slices, label them (`label_round`), write and install round `self.round`."""
         r = self.round
+        start, self._predict_seconds = time.perf_counter(), 0.0
         was_training = self.network.training
         self.network.eval()
         images = [np.asarray(item["image"])[0] for item in self.items]
@@ -170,21 +173,26 @@ class PseudoLabelRounds:
         self._write_round(r, result.labels, result.density_masks, result.point_masks)
         self.round = r + 1
         self._install(result.labels, result.density_masks, result.target_densities, result.point_masks)
-        self._log(r, iteration, result.labels, sum(result.counts), result.checks)
+        seconds = {"predict_seconds": round(self._predict_seconds, 1), "round_seconds": round(time.perf_counter() - start, 1)}
+        self._log(r, iteration, result.labels, sum(result.counts), {**result.checks, **seconds})
         if kept:
             run_events.round_event(r + 1, self.num_rounds, self.round_dir(r), result.labels, kept)
 
     @torch.no_grad()
     def _predictions(self, kept: list[np.ndarray] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The network's TTA (probability, density) of each target slice, one slice at a time (the probabilities
-        also appended to `kept` when given), with the round's copy of the weights on `backend`; a cancelled run
+        also appended to `kept` when given), with the round's copy of the weights on `runtime`; a cancelled run
         (`run_events`) stops between two slices."""
-        network = prediction_network(self.network, self.backend, self.device)
+        start = time.perf_counter()
+        network = prediction_network(self.network, self.runtime, self.device)
+        self._predict_seconds += time.perf_counter() - start
         for item in self.items:
             run_events.check_cancel()
+            start = time.perf_counter()
             image = torch.as_tensor(item["image"], dtype=torch.float32, device=self.device)[None]
             probability, density = tta_predict(network, image, self.inferer, self.tta_views)
             probability, density = probability[0, 0].cpu().numpy(), density[0, 0].cpu().numpy()
+            self._predict_seconds += time.perf_counter() - start
             if kept is not None:
                 kept.append(probability)
             yield probability, density

@@ -54,7 +54,7 @@ from bundle.inference.prediction_folder import (
     claim_prediction_dir,
     prediction_path,
 )
-from bundle.inference.runtime import resolve_backend
+from bundle.inference.runtime import resolve_runtime
 from bundle.networks import load_checkpoint
 from bundle.networks.checkpoint import checkpoint_sha256
 from bundle.outputs import atomic_output
@@ -106,21 +106,21 @@ class PredictorPlugin(WorkerPlugin):
     Args:
         network: the network (a CPU copy is sent), whose weights each worker loads from `checkpoint` again.
         checkpoint: the model.pt to load.
-        inferer, postprocessing, device, scale, backend: as `VolumePredictor`'s.
+        inferer, postprocessing, device, scale, runtime: as `VolumePredictor`'s.
     """
 
     name = PLUGIN
 
     def __init__(self, network: torch.nn.Module, checkpoint: str | os.PathLike, inferer: Inferer,
                  postprocessing: Callable[..., np.ndarray], device: str, scale: Sequence[float],
-                 backend: str = "eager") -> None:  # fmt: skip
+                 runtime: str = "eager") -> None:  # fmt: skip
         self.network = copy.deepcopy(network).cpu()  # a worker may have no GPU
         self.checkpoint = os.fspath(checkpoint)
         self.inferer = inferer
         self.postprocessing = postprocessing
         self.device = device
         self.scale = tuple(scale)
-        self.backend = backend
+        self.runtime = runtime
         self.predictor: VolumePredictor | None = None
         self.lock: threading.Lock | None = None
 
@@ -129,7 +129,7 @@ class PredictorPlugin(WorkerPlugin):
         torch.set_num_threads(max(1, int(worker.state.nthreads)))
         network = load_checkpoint(self.network, self.checkpoint).to(self.device)
         self.predictor = VolumePredictor(network, self.inferer, self.postprocessing, self.device, progress=False,
-                                         scale=self.scale, backend=self.backend)  # fmt: skip
+                                         scale=self.scale, runtime=self.runtime)  # fmt: skip
         self.lock = threading.Lock()
 
 
@@ -216,7 +216,7 @@ class BlockwisePredictor:
         block_slices: slices per block (one task).
         processes: LocalCluster workers as processes (True) or as threads of this process.
         progress: show a progress bar of the blocks.
-        backend: where each worker runs the network, as `VolumePredictor`'s.
+        runtime: where each worker runs the network, as `VolumePredictor`'s.
     """
 
     def __init__(
@@ -233,9 +233,9 @@ class BlockwisePredictor:
         block_slices: int = 4,
         processes: bool = True,
         progress: bool = True,
-        backend: str = "eager",
+        runtime: str = "eager",
     ) -> None:
-        resolve_backend(backend, device)  # an unknown or impossible backend: before a cluster starts
+        resolve_runtime(runtime, device)  # an unknown or impossible runtime: before a cluster starts
         for key, value in (("block_slices", block_slices), ("workers", workers)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise input_error(key, f"{value!r} is not a positive number", f"pass e.g. --{key} 4")
@@ -254,7 +254,7 @@ class BlockwisePredictor:
         self.block_slices = block_slices
         self.processes = processes
         self.progress = progress
-        self.backend = backend
+        self.runtime = runtime
 
     def __call__(self, input_image: str | os.PathLike, output_dir: str | os.PathLike,
                  slices: str | Sequence[int] | None = None) -> dict[str, Path]:  # fmt: skip
@@ -276,7 +276,7 @@ class BlockwisePredictor:
             done = self._start(output_dir, run, shape)
             todo = [block for block in blocks if block.name not in done]
             client.register_plugin(PredictorPlugin(self.network, self.checkpoint, self.inferer,
-                                                   self.postprocessing, self.device, self.scale, self.backend))  # fmt: skip
+                                                   self.postprocessing, self.device, self.scale, self.runtime))  # fmt: skip
             futures = client.map(functools.partial(predict_block, str(source), str(output_dir)), todo, pure=False)
             self._wait(client, futures, total=len(blocks), name=source.name)
             largest = [n for block in blocks for n in self._record(output_dir, block)]
@@ -299,7 +299,7 @@ class BlockwisePredictor:
                "checkpoint_sha256": checkpoint_sha256(self.checkpoint), "scale": list(self.scale),
                "pixel_size": _settings(self.pixel_size), "inferer": _settings(self.inferer),
                "postprocessing": _settings(self.postprocessing),
-               "backend": resolve_backend(self.backend, self.device)}  # fmt: skip
+               "runtime": resolve_runtime(self.runtime, self.device)}  # fmt: skip
         return json.loads(json.dumps(run))
 
     def _start(self, output_dir: Path, run: dict, shape: tuple[int, int, int]) -> set[str]:

@@ -69,7 +69,7 @@ class VolumePredictor:
         progress: show a progress bar.
         scale: (y, x) factors from the input's pixels to the model's (`bundle.data.pixel_size.model_scale`).
         pixel_size: (y, x) nm per pixel of the input, written into OME-Zarr outputs when known.
-        backend: where the network runs (`bundle.inference.runtime`): "eager" (the module itself), "openvino" (a
+        runtime: where the network runs (`bundle.inference.runtime`): "eager" (the module itself), "openvino" (a
             compiled CPU copy of its weights, about 2.5x faster on a CPU) or "auto" (openvino on a CPU when
             installed; configs/inference.yaml's default).
     """
@@ -83,9 +83,9 @@ class VolumePredictor:
         progress: bool = True,
         scale: Sequence[float] = (1.0, 1.0),
         pixel_size: PixelSize | None = None,
-        backend: str = "eager",
+        runtime: str = "eager",
     ) -> None:
-        self.network = prediction_network(network.eval(), backend, device)
+        self.network = prediction_network(network.eval(), runtime, device)
         self.inferer = inferer
         self.postprocessing = postprocessing
         self.device = torch.device(device)

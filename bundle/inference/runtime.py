@@ -5,7 +5,7 @@ On a 2-core AVX2 CPU the width-16 U-Net runs at about a quarter of the cores' ma
 over memory. OpenVINO compiles the same graph into fused kernels and runs a 512² window about 2.5x faster, with
 the same numbers to float rounding (docs/results.md, "Speed"; `python -m bundle.speed` measures both side by side).
 
-`prediction_network(network, backend)` is what the configs' `network` entry goes through:
+`prediction_network(network, runtime)` (`--runtime` in the configs; `VolumePredictor` and the pseudo-label rounds call it):
   eager     the torch module itself (any device, gradients possible);
   openvino  `OpenVINONetwork`, a frozen copy of the weights as they are when it is made, on the CPU;
   auto      openvino on a CPU when the package is installed, else eager (a CUDA device: eager).
@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 
 import numpy as np
 import torch
 
 from bundle.errors import input_error
 
-BACKENDS = ("auto", "eager", "openvino")
+RUNTIMES = ("auto", "eager", "openvino")
 logger = logging.getLogger("mitoda.runtime")
 
 
@@ -63,7 +64,8 @@ class OpenVINONetwork(torch.nn.Module):
         if shape not in self._requests:
             import openvino as ov
 
-            with torch.no_grad():
+            with torch.no_grad(), warnings.catch_warnings():  # the trace's notes on the shape branches it took
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 model = ov.convert_model(self.network, example_input=torch.zeros(shape), input=[shape])
             config = {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
             self._requests[shape] = self._core.compile_model(model, "CPU", config).create_infer_request()
@@ -83,26 +85,26 @@ class OpenVINONetwork(torch.nn.Module):
         return torch.from_numpy(request.get_output_tensor(0).data.copy())
 
 
-def resolve_backend(backend: str, device: str | torch.device = "cpu") -> str:
-    """`backend` as it will run on `device`: "eager" or "openvino" ("auto": openvino on a CPU when installed).
+def resolve_runtime(runtime: str, device: str | torch.device = "cpu") -> str:
+    """`runtime` as it will run on `device`: "eager" or "openvino" ("auto": openvino on a CPU when installed).
     An unknown name, or openvino asked for where it cannot run, is a one-line InputError."""
-    if backend not in BACKENDS:
-        raise input_error("--backend", f"{backend!r} is not a backend", f"use one of {', '.join(BACKENDS)}")
+    if runtime not in RUNTIMES:
+        raise input_error("--runtime", f"{runtime!r} is not a runtime", f"use one of {', '.join(RUNTIMES)}")
     on_cpu = torch.device(device).type == "cpu"
-    if backend == "auto":
+    if runtime == "auto":
         return "openvino" if on_cpu and openvino_available() else "eager"
-    if backend == "openvino" and not on_cpu:
-        raise input_error("--backend", f"openvino runs on the CPU, but the device is {device}",
-                          "pass --backend eager (or auto) on a GPU, or --device cpu")  # fmt: skip
-    if backend == "openvino" and not openvino_available():
-        raise input_error("--backend", "openvino is not installed",
-                          "run `bash scripts/setup.sh` (requirements/runtime.txt has it), or pass --backend eager")  # fmt: skip
-    return backend
+    if runtime == "openvino" and not on_cpu:
+        raise input_error("--runtime", f"openvino runs on the CPU, but the device is {device}",
+                          "pass --runtime eager (or auto) on a GPU, or --device cpu")  # fmt: skip
+    if runtime == "openvino" and not openvino_available():
+        raise input_error("--runtime", "openvino is not installed",
+                          "run `bash scripts/setup.sh` (requirements/runtime.txt has it), or pass --runtime eager")  # fmt: skip
+    return runtime
 
 
-def prediction_network(network: torch.nn.Module, backend: str = "auto", device: str | torch.device = "cpu",
+def prediction_network(network: torch.nn.Module, runtime: str = "auto", device: str | torch.device = "cpu",
                        ) -> torch.nn.Module:  # fmt: skip
-    """The module that predicts for `network` on `device` with `backend` (see the module docstring); logged."""
-    chosen = resolve_backend(backend, device)
-    logger.info("prediction backend: %s%s", chosen, f" (from {backend})" if backend != chosen else "")
+    """The module that predicts for `network` on `device` with `runtime` (see the module docstring); logged."""
+    chosen = resolve_runtime(runtime, device)
+    logger.info("prediction runtime: %s%s", chosen, f" (from {runtime})" if runtime != chosen else "")
     return OpenVINONetwork(network) if chosen == "openvino" else network
