@@ -13,6 +13,8 @@ It prints, each figure the median of `--repeats` after a warm-up:
   train     one training step (forward, loss, backward, Adam), eager | torch.compile + channels_last;
   busy core the 1024² slice with another process spinning on one core, at the threads the rule picks and at 1;
   loader    with --loader N: the shipped fine-tune's wait for data against its step, per iteration.
+With --device cuda it measures only the paper recipe on the GPU (fp32 and bf16 autocast): training it/s and
+prediction ms per megapixel, the check to run when a GPU machine is lent.
 Every figure comes from a child process of its own, so that each peak RSS is its own and the processes do not share
 warm caches. `--isa avx2` (the default) caps oneDNN, MKL and ATen at AVX2, the instruction set of the machines we
 target (CI's, the users' laptops), when this one has more; `--isa native` uses what the CPU has.
@@ -182,6 +184,53 @@ def loader_figures(iterations: int, num_workers: int, output_dir: str) -> dict:
             "num_workers": num_workers, "iterations": iterations}  # fmt: skip
 
 
+def gpu_figures(device: str, repeats: int, size: int = 4096) -> dict:
+    """The paper recipe on `device` (configs/recipe_paper.yaml: width 32, batch 4 of 512² crops): training steps per
+    second and ms per megapixel of a size² slice's sliding-window prediction (512² windows, overlap 0.25, 16 at a
+    time), in fp32 and under bf16 autocast (AMP)."""
+    import torch
+    import torch.nn.functional as F
+    from monai.inferers import SlidingWindowInferer
+
+    from bundle.networks import MultiTaskUNet
+
+    def synchronized(fn):
+        def call():
+            fn()
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize()
+
+        return call
+
+    figures: dict = {"device": torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else device}
+    x = torch.randn(4, 1, 512, 512, device=device)
+    labels = (torch.rand(4, 512, 512, device=device) > 0.7).long()
+    image = torch.randn(1, 1, size, size, device=device)
+    inferer = SlidingWindowInferer((512, 512), sw_batch_size=16, overlap=0.25, mode="gaussian")
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        torch.manual_seed(0)
+        net = MultiTaskUNet(width=32).to(device)
+        optimizer = torch.optim.Adam(net.parameters(), 1e-3)
+
+        def step() -> None:
+            with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+                loss = F.cross_entropy(net(x)[:, :2].float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        figures[f"train_{name}_it_s"] = 1 / median_time(synchronized(step), 5 * repeats)
+        net.eval()
+
+        @torch.no_grad()
+        def predict() -> None:
+            with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+                inferer(image, net)
+
+        figures[f"predict_{name}_ms_per_mp"] = median_time(synchronized(predict), repeats) * 1e3 / (size * size / 1e6)
+    return figures
+
+
 def child(spec: dict) -> dict:
     """Run one measurement described by `spec` in this process."""
     import torch
@@ -190,6 +239,8 @@ def child(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     if spec["kind"] == "floor":
         return floor_figures(spec["checkpoint"], spec["repeats"])
+    if spec["kind"] == "gpu":
+        return gpu_figures(spec["device"], spec["repeats"], spec["size"])
     if spec["kind"] == "loader":
         with tempfile.TemporaryDirectory() as output_dir:
             return loader_figures(spec["iterations"], spec["num_workers"], output_dir)
@@ -218,7 +269,7 @@ def machine_line(isa: str) -> str:
     except OSError:
         pass
     has = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
-    used = f"capped at AVX2 (--isa avx2)" if isa == "avx2" and has == "AVX-512" else f"{has} (--isa {isa})"
+    used = "capped at AVX2 (--isa avx2)" if isa == "avx2" and has == "AVX-512" else f"{has} (--isa {isa})"
     return f"{model}, {os.cpu_count()} CPUs seen, has {has}; measured with {used}"
 
 
@@ -235,6 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loader", type=int, metavar="ITERATIONS", default=0,
                         help="also time the fine-tune's data loading against its steps over ITERATIONS iterations, "
                         "with 1 loader process (the default) and with none (about a minute each, plus one round)")
+    parser.add_argument("--device", default="cpu", help="cuda: only the paper recipe's GPU figures (fp32 and bf16 AMP), "
+                        "in a few minutes; the prepared check for a lent GPU machine")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -246,6 +299,14 @@ def main(argv: list[str] | None = None) -> None:
 
     threads, reason = thread_count(args.threads)
     base = {"checkpoint": args.checkpoint, "repeats": args.repeats, "threads": threads}
+    if args.device != "cpu":
+        size = max(args.sizes)
+        gpu = run_child({**base, "kind": "gpu", "device": args.device, "size": size}, "native")
+        print(f"# python -m bundle.speed {' '.join(argv if argv is not None else sys.argv[1:])}; {gpu['device']}")
+        for name in ("fp32", "bf16"):
+            print(f"paper recipe, {name}: training {gpu[f'train_{name}_it_s']:.2f} it/s (width 32, batch 4 x 512²); "
+                  f"prediction {gpu[f'predict_{name}_ms_per_mp']:.1f} ms per megapixel ({size}² slice, 16 windows at a time)")
+        return
     print(f"# python -m bundle.speed {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
     print(f"# {machine_line(args.isa)}; {threads} threads ({reason}); medians of {args.repeats} after a warm-up")
     floor = run_child({**base, "kind": "floor"}, args.isa)
@@ -274,7 +335,8 @@ def main(argv: list[str] | None = None) -> None:
                                               "probability": path}, args.isa)  # fmt: skip
             slices[size] = figures
             eager, fast = figures["eager"], figures["openvino"]
-            difference = float(np.abs(np.load(Path(scratch) / f"eager_{size}.npy") - np.load(Path(scratch) / f"openvino_{size}.npy")).max())
+            probabilities = [np.load(Path(scratch) / f"{runtime}_{size}.npy") for runtime in ("eager", "openvino")]
+            difference = float(np.abs(probabilities[0] - probabilities[1]).max())
             row(f"slice {size}² (openvino)", eager["seconds"], fast["seconds"], None,
                 f"peak RSS {eager['peak_rss_gb']:.2f} | {fast['peak_rss_gb']:.2f} GB; max |Δ probability| "
                 f"{difference:.1e}; {eager['source']}")  # fmt: skip

@@ -41,7 +41,8 @@ class OpenVINONetwork(torch.nn.Module):
 
     The graph is converted and compiled for each input shape it meets, about 2 s each on 2 cores (a sliding
     window meets one or two: the window, and the slice when it is smaller). The weights are copied when it is made:
-    after they change (a pseudo-label round), make a new one. Calls take and return float32 CPU tensors, (B, C, H, W), like the network's; there are no gradients.
+    after they change (a pseudo-label round), make a new one. Calls take and return float32 CPU tensors,
+    (B, C, H, W), like the network's; there are no gradients.
 
     Args:
         network: the torch module to copy (left unchanged).
