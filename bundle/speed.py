@@ -180,8 +180,8 @@ def loader_figures(iterations: int, num_workers: int, output_dir: str) -> dict:
     profiler.attach(trainer)
     trainer.run()
     results = profiler.get_results()
-    return {"dataflow_s": float(results["dataflow_stats"]["mean"]), "step_s": float(results["processing_stats"]["mean"]),
-            "num_workers": num_workers, "iterations": iterations}  # fmt: skip
+    return {"dataflow_s": float(results["dataflow_stats"]["mean"]),
+            "step_s": float(results["processing_stats"]["mean"]), "num_workers": num_workers, "iterations": iterations}  # fmt: skip
 
 
 def gpu_figures(device: str, repeats: int, size: int = 4096) -> dict:
@@ -286,8 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loader", type=int, metavar="ITERATIONS", default=0,
                         help="also time the fine-tune's data loading against its steps over ITERATIONS iterations, "
                         "with 1 loader process (the default) and with none (about a minute each, plus one round)")
-    parser.add_argument("--device", default="cpu", help="cuda: only the paper recipe's GPU figures (fp32 and bf16 AMP), "
-                        "in a few minutes; the prepared check for a lent GPU machine")
+    parser.add_argument("--device", default="cpu", help="cuda: only the paper recipe's GPU figures (fp32 and bf16 "
+                        "AMP), in a few minutes; the prepared check for a lent GPU machine")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -305,7 +305,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"# python -m bundle.speed {' '.join(argv if argv is not None else sys.argv[1:])}; {gpu['device']}")
         for name in ("fp32", "bf16"):
             print(f"paper recipe, {name}: training {gpu[f'train_{name}_it_s']:.2f} it/s (width 32, batch 4 x 512²); "
-                  f"prediction {gpu[f'predict_{name}_ms_per_mp']:.1f} ms per megapixel ({size}² slice, 16 windows at a time)")
+                  f"prediction {gpu[f'predict_{name}_ms_per_mp']:.1f} ms per megapixel ({size}² slice, "
+                  "16 windows at a time)")
         return
     print(f"# python -m bundle.speed {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
     print(f"# {machine_line(args.isa)}; {threads} threads ({reason}); medians of {args.repeats} after a warm-up")
@@ -344,8 +345,8 @@ def main(argv: list[str] | None = None) -> None:
         f"torch.compile + channels_last, {floor['compile_s']:.0f} s to compile", unit="ms")  # fmt: skip
     for num_workers in (1, 0) if args.loader else ():
         figures = run_child({**base, "kind": "loader", "iterations": args.loader, "num_workers": num_workers}, args.isa)
-        print(f"fine-tune loader, {num_workers} worker{'s' * (num_workers != 1)}: waits {figures['dataflow_s'] * 1e3:.1f} ms "
-              f"per iteration for its batch, computes {figures['step_s'] * 1e3:.1f} ms "
+        print(f"fine-tune loader, {num_workers} worker{'s' * (num_workers != 1)}: waits "
+              f"{figures['dataflow_s'] * 1e3:.1f} ms per iteration for its batch, computes {figures['step_s'] * 1e3:.1f} ms "
               f"({figures['dataflow_s'] / (figures['dataflow_s'] + figures['step_s']):.0%} waiting; "
               f"{args.loader} iterations of configs/finetune.yaml on EPFL)")  # fmt: skip
     if args.no_busy:

@@ -173,7 +173,8 @@ class PseudoLabelRounds:
         self._write_round(r, result.labels, result.density_masks, result.point_masks)
         self.round = r + 1
         self._install(result.labels, result.density_masks, result.target_densities, result.point_masks)
-        seconds = {"predict_seconds": round(self._predict_seconds, 1), "round_seconds": round(time.perf_counter() - start, 1)}
+        seconds = {"predict_seconds": round(self._predict_seconds, 1),
+                   "round_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
         self._log(r, iteration, result.labels, sum(result.counts), {**result.checks, **seconds})
         if kept:
             run_events.round_event(r + 1, self.num_rounds, self.round_dir(r), result.labels, kept)

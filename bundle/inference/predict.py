@@ -70,7 +70,7 @@ class VolumePredictor:
         scale: (y, x) factors from the input's pixels to the model's (`bundle.data.pixel_size.model_scale`).
         pixel_size: (y, x) nm per pixel of the input, written into OME-Zarr outputs when known.
         runtime: where the network runs (`bundle.inference.runtime`): "eager" (the module itself), "openvino" (a
-            compiled CPU copy of its weights, about 2.5x faster on a CPU) or "auto" (openvino on a CPU when
+            compiled CPU copy of its weights, 2.4-3x faster on a CPU) or "auto" (openvino on a CPU when
             installed; configs/inference.yaml's default).
     """
 
