@@ -67,11 +67,11 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def peak_rss_gb() -> float:
-    """This process's peak resident memory so far, GB (Linux: ru_maxrss in KiB)."""
+def peak_rss_bytes() -> int:
+    """The peak resident memory of this process so far (Linux: ru_maxrss is in KiB)."""
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def load_network(checkpoint: str):
@@ -158,7 +158,7 @@ def slice_figures(size: int, runtime: str, checkpoint: str, repeats: int, probab
     seconds = median_time(lambda: predictor.predict_image(normalize_slice(raw)), repeats)
     if probability_path:
         np.save(probability_path, predictor.predict_image(normalize_slice(raw))[0])
-    return {"size": size, "runtime": runtime, "seconds": seconds, "peak_rss_gb": peak_rss_gb(), "source": source,
+    return {"size": size, "runtime": runtime, "seconds": seconds, "peak_rss_gb": peak_rss_bytes() / 1e9, "source": source,
             "threads": torch.get_num_threads()}  # fmt: skip
 
 
@@ -172,8 +172,7 @@ def loader_figures(iterations: int, num_workers: int, output_dir: str) -> dict:
     parser = ConfigParser()
     parser.read_config([str(REPO / "configs" / "train.yaml"), str(REPO / "configs" / "finetune.yaml")])
     parser.update({"bundle_root": str(REPO), "output_dir": output_dir, "num_iterations": iterations,
-                   "val_interval": iterations, "num_rounds": 1, "num_workers": num_workers,
-                   "train#dataloader#num_workers": num_workers})  # fmt: skip
+                   "val_interval": iterations, "num_rounds": 1, "num_workers": num_workers})  # fmt: skip
     parser.get_parsed_content("initialize")
     trainer = parser.get_parsed_content("train#trainer")
     profiler = BasicTimeProfiler()

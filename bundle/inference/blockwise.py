@@ -58,6 +58,7 @@ from bundle.inference.runtime import resolve_runtime
 from bundle.networks import load_checkpoint
 from bundle.networks.checkpoint import checkpoint_sha256
 from bundle.outputs import atomic_output
+from bundle.speed import peak_rss_bytes
 from bundle.threads import available_cores
 
 PLUGIN = "mitoda-predictor"  # the worker plugin's name
@@ -162,13 +163,6 @@ def number_block(output_dir: str, block: Block, offsets: Sequence[int]) -> None:
         ids = slice_instances[i]
         ids[ids > 0] += np.uint32(offset)
         instances[i] = ids
-
-
-def peak_rss_bytes() -> int:
-    """The peak resident memory of this process so far (Linux: ru_maxrss is in KiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def warn_of_malloc_trim(client: Any) -> None:
