@@ -11,7 +11,8 @@ It prints, each figure the median of `--repeats` after a warm-up:
   slice S²  `VolumePredictor.predict_image` of an S x S slice (EPFL slice 120 tiled; windows as configs/inference.yaml,
             then the instances), s and peak RSS, eager | openvino, their ratio and the largest probability difference;
   train     one training step (forward, loss, backward, Adam), eager | torch.compile + channels_last;
-  busy core the 1024² slice with another process spinning on one core, at the threads the rule picks and at 1;
+  busy core the 1024² slice with another process spinning on one core, at the idle rule's threads, at the threads
+            the rule picks with the core taken (bundle.threads.busy_cores) and at 1;
   loader    with --loader N: the shipped fine-tune's wait for data against its step, per iteration.
 With --device cuda it measures only the paper recipe on the GPU (fp32 and bf16 autocast): training it/s and
 prediction ms per megapixel, the check to run when a GPU machine is lent.
@@ -353,16 +354,19 @@ def main(argv: list[str] | None = None) -> None:
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(1.0)
+        busy_threads, busy_reason = thread_count(args.threads)  # the rule again, now that a core is taken
+        counts = dict.fromkeys((threads, busy_threads, 1))
         busy = {(runtime, n): run_child({**base, "threads": n, "kind": "slice", "size": 1024, "runtime": runtime},
                                         args.isa)["seconds"]  # fmt: skip
-                for runtime in ("eager", "openvino") for n in dict.fromkeys((threads, 1))}
+                for runtime in ("eager", "openvino") for n in counts}
     finally:
         spinner.kill()
     idle = {runtime: slices[1024][runtime]["seconds"] for runtime in ("eager", "openvino")}
-    for n in dict.fromkeys((threads, 1)):
+    for n in counts:
+        chosen = f" (rule: {busy_reason})" if n == busy_threads else " (the idle rule's)" if n == threads else ""
         row(f"1024², 1 core busy, {n}T", busy[("eager", n)], busy[("openvino", n)], None,
             f"another process spins on one core; {busy[('eager', n)] / idle['eager']:.1f}x | "
-            f"{busy[('openvino', n)] / idle['openvino']:.1f}x the idle {threads}-thread time")  # fmt: skip
+            f"{busy[('openvino', n)] / idle['openvino']:.1f}x the idle {threads}-thread time{chosen}")  # fmt: skip
 
 
 if __name__ == "__main__":

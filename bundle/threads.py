@@ -7,9 +7,12 @@ collapse: on a 2-core machine with one core taken by another process, a 2-thread
 (issue "Close to the machine's limit").
 
 `available_cores` is the smaller of the CPU affinity mask (`taskset`, SLURM's cpuset) and the cgroup quota rounded
-up; `configure_threads`, early in the configs' `initialize`, sets torch's threads to `--threads` when given, else to
-`OMP_NUM_THREADS` when set, else to the available cores. Data-loader worker processes are not subtracted: each runs
-one torch thread and mostly waits; whether training gains from subtracting them is not measured yet.
+up; `busy_cores` counts those of the mask that other processes keep busy, from two readings of `/proc/stat` a quarter
+of a second apart (this process's own CPU time over the interval is not counted). `configure_threads`, early in the
+configs' `initialize`, sets torch's threads to `--threads` when given, else to `OMP_NUM_THREADS` when set, else to the
+available cores less the busy ones (at least 1). The count is decided once, at the start, and logged with its reason:
+a job that starts beside another takes the free cores and keeps them. Data-loader worker processes are not
+subtracted: each runs one torch thread and mostly waits (docs/results.md, "Speed").
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -24,6 +28,8 @@ import torch
 from bundle.errors import input_error
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_STAT = Path("/proc/stat")
+BUSY_SHARE = 0.5  # a core more than half busy with other processes' work over the sample counts as taken
 logger = logging.getLogger("mitoda.threads")
 
 
@@ -54,17 +60,59 @@ def cgroup_cpu_limit(root: str | os.PathLike = CGROUP_ROOT, proc_cgroup: str | o
     return None if quota <= 0 or period <= 0 else quota / period
 
 
+def affinity_mask() -> set[int]:
+    """The CPUs this process may run on (`taskset`, a cpuset); every CPU where the platform cannot say."""
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+
 def available_cores(root: str | os.PathLike = CGROUP_ROOT, proc_cgroup: str | os.PathLike = "/proc/self/cgroup",
                     ) -> int:  # fmt: skip
     """The cores this process may use: its CPU affinity mask, capped by its cgroup quota (rounded up), at least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = len(affinity_mask())
     quota = cgroup_cpu_limit(root, proc_cgroup)
     return max(1, min(cores, math.ceil(quota)) if quota else cores)
 
 
-def thread_count(threads: int | None = None, cores: int | None = None) -> tuple[int, str]:
+def cpu_jiffies(stat: str) -> dict[int, tuple[int, int]]:
+    """Per CPU of a `/proc/stat` text: (busy, total) clock ticks since boot; iowait counts as idle."""
+    ticks = {}
+    for line in stat.splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal (guest is in user)
+            ticks[int(name[3:])] = (sum(values) - values[3] - values[4], sum(values))
+    return ticks
+
+
+def busy_between(before: str, after: str, cpus: set[int], own_cores: float = 0.0) -> int:
+    """How many of `cpus` were more than BUSY_SHARE busy between two `/proc/stat` texts, less `own_cores` (this
+    process's CPU time over the interval, in cores, rounded), never below 0."""
+    first, second = cpu_jiffies(before), cpu_jiffies(after)
+    busy = 0
+    for cpu in cpus & first.keys() & second.keys():
+        work, total = second[cpu][0] - first[cpu][0], second[cpu][1] - first[cpu][1]
+        busy += total > 0 and work / total > BUSY_SHARE
+    return max(0, busy - round(own_cores))
+
+
+def busy_cores(interval: float = 0.25, stat: str | os.PathLike = PROC_STAT) -> int:
+    """The cores of this process's affinity mask that other processes keep busy, over `interval` seconds; 0 where
+    `/proc/stat` cannot be read (not Linux)."""
+    cpus = affinity_mask()
+    try:
+        before, own = Path(stat).read_text(), os.times()
+        time.sleep(interval)
+        after, now = Path(stat).read_text(), os.times()
+    except OSError:
+        return 0
+    own_cores = (now.user + now.system - own.user - own.system) / interval
+    return busy_between(before, after, cpus, own_cores)
+
+
+def thread_count(threads: int | None = None, cores: int | None = None, busy: int | None = None) -> tuple[int, str]:
     """The torch threads to run with and why: `threads` when given, else OMP_NUM_THREADS when set, else `cores`
-    (default `available_cores()`)."""
+    (default `available_cores()`) or, when fewer, the CPUs of the affinity mask that `busy` (default `busy_cores()`)
+    leaves free, at least 1."""
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise input_error("--threads", f"{threads!r} is not a number of threads",
@@ -74,6 +122,10 @@ def thread_count(threads: int | None = None, cores: int | None = None) -> tuple[
     if environ.isdigit() and int(environ) >= 1:
         return int(environ), "OMP_NUM_THREADS"
     cores = available_cores() if cores is None else cores
+    busy = busy_cores() if busy is None else busy
+    free = max(1, min(cores, len(affinity_mask()) - busy))
+    if free < cores:
+        return free, f"{cores} available cores, {busy} busy with other processes"
     return cores, f"{cores} available cores"
 
 
