@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = _Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--target_image", required=True, help="your EM volume (Z, Y, X): TIFF, folder, NIfTI, HDF5")
-    parser.add_argument("--points", required=True, help="clicks on mitochondria: CSV z,y,x or a napari Points export")
+    parser.add_argument("--points", required=True, help="clicks on mitochondria: CSV z,y,x or a napari Points export; "
+                        "'none': no clicks, unsupervised adaptation (configs/adapt_uda.yaml)")  # fmt: skip
     parser.add_argument("--output_dir", required=True, help="folder for model.pt, predictions/ and the run's files")
     parser.add_argument("--slices", default=None, help="slices to adapt on, e.g. '0-119' (default: all)")
     parser.add_argument("--pixel_size", default=None,
@@ -118,9 +119,10 @@ def check_inputs(args: argparse.Namespace, extra: dict[str, Any]) -> tuple[dict[
     for z, image in enumerate(volume):  # a blank or NaN slice would stop the run later (training or prediction)
         normalize_slice(image, args.target_image, z)
     slices = parse_slices(args.slices, volume.shape[0], path="--slices")
-    points = read_points(args.points)
-    validate_points(points, volume.shape, path=args.points)
-    if not len(points_in_slices(points, slices)):
+    points = np.zeros((0, 3), np.int64) if args.points is None else read_points(args.points)
+    if args.points is not None:
+        validate_points(points, volume.shape, path=args.points)
+    if args.points is not None and not len(points_in_slices(points, slices)):
         problem = f"none of its {len(points)} points lies on the adapted slices ({args.slices or 'all'})"
         raise input_error(args.points, problem, "pass --slices that hold points")
     network = load_checkpoint(MultiTaskUNet(in_channels=1, width=int(extra.get("width", 16))), args.checkpoint)
@@ -139,8 +141,13 @@ def check_inputs(args: argparse.Namespace, extra: dict[str, Any]) -> tuple[dict[
             print("mitoda: warning: --val_slices overlap the adapted --slices: validation scores are not independent")
         overrides.update(val_image=args.target_image, val_label=args.val_label, val_slices=args.val_slices or "all")
     on_slices = points[np.isin(points[:, 0], slices)]
-    check_polarity(volume, on_slices, args.points)
-    train, holdout = split_clicks(on_slices, args.holdout_clicks)
+    if args.points is None:
+        print("mitoda: no clicks (--points none): unsupervised adaptation; the contrast's polarity is not checked and "
+              "no clicks are held out, so the checks are the instance and density counts only", flush=True)  # fmt: skip
+        train, holdout = on_slices, on_slices
+    else:
+        check_polarity(volume, on_slices, args.points)
+        train, holdout = split_clicks(on_slices, args.holdout_clicks)
     inputs = AdaptationInputs(factors, volume, train, holdout, labels if args.val_label is not None else None)
     if args.source_image is not None:
         source, source_label = read_volume(args.source_image), read_label_instances(args.source_label)
@@ -162,9 +169,9 @@ def check_inputs(args: argparse.Namespace, extra: dict[str, Any]) -> tuple[dict[
     return {**overrides, **extra}, inputs
 
 
-def _configs(source_free: bool) -> list[str]:
+def _configs(source_free: bool, clicks: bool = True) -> list[str]:
     """The adaptation's config files, in order."""
-    names = ["train", "finetune"] + ([] if source_free else ["adapt_wda"])
+    names = ["train", "finetune"] + ([] if source_free else ["adapt_wda"]) + ([] if clicks else ["adapt_uda"])
     return [str(CONFIGS / f"{name}.yaml") for name in names]
 
 
@@ -212,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     from bundle.overrides import unknown_override
 
     source_free = args.source_image is None and not args.with_source
-    if (error := unknown_override(overrides, _configs(source_free))) is not None:
+    clicks = args.points.strip().lower() != "none"
+    configs = _configs(source_free, clicks)
+    if (error := unknown_override(overrides, configs)) is not None:
         _fail(str(error))
     if (args.source_image is None) != (args.source_label is None):
         _fail("pass --source_image and --source_label together (or --with_source for VNC III, or neither: source-free)")
@@ -233,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         _fail("--num_iterations >= --val_interval >= 1 and --num_rounds >= 1 are needed")
     for name in ("target_image", "points", "output_dir", "source_image", "source_label", "dataset_dir",
                  "val_label", "checkpoint", "source_prototypes"):  # fmt: skip
-        setattr(args, name, _absolute(getattr(args, name)))
-    overrides.setdefault("omega_fractions", [0.0, 0.5, 0.95, 0.95, *[0.95] * max(args.num_rounds - 4, 0)])
+        setattr(args, name, _absolute(getattr(args, name)) if name != "points" or clicks else None)
+    # IPL's confident peaks per round; without clicks round 1 starts from the source model's own (configs/adapt_uda.yaml)
+    overrides.setdefault("omega_fractions", [0.0 if clicks else 0.5, 0.5, 0.95, 0.95, *[0.95] * max(args.num_rounds - 4, 0)])
 
     from bundle.data.io import parse_slices
     from bundle.data.target import adaptation_checks, write_adaptation_inputs
@@ -246,18 +256,19 @@ def main(argv: list[str] | None = None) -> int:
         settings, inputs = check_inputs(args, overrides)
         claim_output_dir(args.output_dir)
         settings.update(write_adaptation_inputs(Path(args.output_dir) / "inputs", *inputs))
-        _record(Path(args.output_dir), {**settings, "configs": [Path(c).name for c in _configs(source_free)]})
+        _record(Path(args.output_dir), {**settings, "configs": [Path(c).name for c in configs]})
     except InputError as exc:
         _fail(str(exc))
     timings["check inputs"] = time.perf_counter() - start
-    print(f"mitoda: {'source-free' if source_free else 'with-source'} fine-tuning into {args.output_dir}", flush=True)
+    kind = f"{'source-free' if source_free else 'with-source'}{'' if clicks else ', unsupervised (no clicks)'}"
+    print(f"mitoda: {kind} fine-tuning into {args.output_dir}", flush=True)
 
     import monai.bundle
 
     os.chdir(REPO)  # configs and bundle_root "." are relative to the repository root
     output = Path(args.output_dir)
     steps = {
-        "adapt": lambda: monai.bundle.run(config_file=_configs(source_free),
+        "adapt": lambda: monai.bundle.run(config_file=configs,
                                           **{k: v for k, v in settings.items() if k not in RECORDED_ONLY}),
         "predict": lambda: monai.bundle.run(
             config_file=str(CONFIGS / "inference.yaml"), input_image=args.target_image,

@@ -220,6 +220,21 @@ def test_held_out_clicks_are_split_off_scored_and_reported(inputs: dict[str, Pat
     assert record["checks"]["final"]["holdout_clicks"] == 1
 
 
+def test_no_clicks_is_unsupervised_adaptation(inputs: dict[str, Path], tmp_path: Path) -> None:
+    output = tmp_path / "run"
+    argv = finetune_argv(inputs, output)
+    argv[argv.index("--points") + 1] = "none"
+    assert _script("finetune").main(argv) == 0
+    record = json.loads((output / "finetune.json").read_text())
+    settings = record["settings"]
+    assert settings["target_points"] is None and "holdout_points" not in settings  # no click file named, none made
+    assert settings["configs"][-1] == "adapt_uda.yaml" and settings["omega_fractions"][0] == 0.5
+    assert not (output / "inputs" / "train_clicks.csv").exists() and (output / "model.pt").is_file()
+    summary = json.loads((output / "pseudo_labels" / "round_1" / "summary.json").read_text())
+    assert summary["holdout_click_recall"] is None and record["checks"]["warning"] is None
+    assert all(r["instance_count"] is not None for r in record["checks"]["rounds"])  # the count checks still run
+
+
 def test_inverted_contrast_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     from bundle.data.target import check_polarity
     from bundle.errors import InputError

@@ -48,7 +48,7 @@ def write_adaptation_inputs(
 ) -> dict[str, str]:
     """Write the adaptation's inputs into `folder`: train_clicks.csv and holdout_clicks.csv, and, when `factors`
     (y, x) are not 1, the volume (and `label`) at the model's scale with the clicks moved to it. Returns their paths
-    under the config keys they set (target_points, holdout_points when any is held out; target_image, val_image,
+    under the config keys they set (target_points when there are clicks, holdout_points when any is held out; target_image, val_image,
     val_label when resampled)."""
     folder = Path(folder)
     paths: dict[str, Path] = {"target_points": folder / "train_clicks.csv", "holdout_points": folder / "holdout_clicks.csv"}
@@ -59,7 +59,10 @@ def write_adaptation_inputs(
         if label is not None:
             paths["val_image"], paths["val_label"] = paths["target_image"], folder / "label_at_model_scale.tif"
             write_tiff(paths["val_label"], resample_volume(label, factors, labels=True))
-    write_points(paths["target_points"], scale_points(train_clicks, factors, shape))
+    if len(train_clicks):
+        write_points(paths["target_points"], scale_points(train_clicks, factors, shape))
+    else:
+        del paths["target_points"]  # no clicks (unsupervised): the config's target_points stays null
     if len(holdout_clicks):
         write_points(paths["holdout_points"], scale_points(holdout_clicks, factors, shape))
     else:
