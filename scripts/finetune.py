@@ -8,7 +8,8 @@ Example (docs/finetune.md walks through it on the EPFL volume):
 
 Source-free by default (configs/finetune.yaml, the shipped recipe: target batches only, the source model's fixed
 prototypes in the contrastive loss); with source data, configs/adapt_wda.yaml added after it. A share of the
-clicks (--holdout_clicks) is held out of training to check every round without labels; without --val_label the
+clicks (--holdout_clicks) is held out of training to check every round without labels (`--points none`: no clicks,
+unsupervised adaptation, configs/adapt_uda.yaml added; its checks are the counts only); without --val_label the
 model of the last epoch is the result, unless an earlier round's found clearly more held-out clicks. A volume at
 another pixel size than the model's is adapted at the model's scale. Writes DIR/model.pt,
 DIR/predictions/{probability,density,instances}.tif, DIR/inputs/ and DIR/finetune.json (settings, timings and the
