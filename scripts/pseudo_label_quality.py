@@ -1,7 +1,7 @@
 """Score every pseudo-label round of an adaptation run against the true labels of its target slices.
 
     python scripts/pseudo_label_quality.py runs/wda_15pct_split1 [--slices "0-119:3"] [--label ../shared/data/epfl_hippocampus/training_instances.tif]
-        [--snap] [--profile] [--image ../shared/data/epfl_hippocampus/training.tif]
+        [--snap] [--profile] [--image ../shared/data/epfl_hippocampus/training.tif] [--pixel_size NM]
     python scripts/pseudo_label_quality.py --profile --label ../shared/data/fafb/instances.tif --image ../shared/data/fafb/image.tif --slices 0-3
 
 Per round: foreground precision / recall of the pseudo-labels (recall over all true foreground pixels), the
@@ -9,7 +9,8 @@ share of true foreground labelled background, background purity, ignored share, 
 fall on a true instance. Slices: the target slices of the run ("0-119:3" = every 3rd of 0-119, the CPU recipe).
 With --snap, also what `snap_to_membranes` would have made of each round's labels (a check of the rule on a run
 made without it): foreground precision / recall after it, the pixels it turns into background and the share of
-them that is truly background. With --profile, first the mean z-scored intensity across the *true* outlines of
+them that is truly background. With --pixel_size (as given to the fine-tune), the labels and the image are first
+resampled to the model's scale, where the run's pseudo-labels are (nearest for the labels). With --profile, first the mean z-scored intensity across the *true* outlines of
 those slices (`membrane_profile` on the labels, −8 … +8 px, negative inside): where the labels draw the outline
 against the membrane's darkest ring, the convention `outline_margin` follows.
 """
@@ -26,6 +27,7 @@ import numpy as np  # noqa: E402
 
 from bundle.data.dataset import normalize_slice  # noqa: E402
 from bundle.data.io import check_same_shape, parse_slices, read_label_instances, read_volume  # noqa: E402
+from bundle.data.pixel_size import model_scale, resample_volume  # noqa: E402
 from bundle.errors import InputError, install_excepthook  # noqa: E402
 from bundle.handlers.pseudo_label_rounds import read_pseudo_points  # noqa: E402
 from bundle.pseudo_labels import snap_to_membranes  # noqa: E402
@@ -77,6 +79,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also print the intensity across the true outlines")
     parser.add_argument("--image", default="../shared/data/epfl_hippocampus/training.tif",
                         help="EM volume (--snap, --profile)")  # fmt: skip
+    parser.add_argument("--pixel_size", default=None, help="nm per pixel of the target, as given to the fine-tune")
     args = parser.parse_args()
     if args.run_dir is None and not args.profile:
         raise InputError("run_dir: missing; pass the output_dir of an adaptation run (or --profile alone)")
@@ -91,6 +94,10 @@ def main() -> None:
     selected = parse_slices(args.slices, len(truth), path=args.label)
     truth = truth[selected]
     image = image[selected].astype(np.float32) if image is not None else None
+    if args.pixel_size is not None:
+        factors = model_scale(args.label, args.pixel_size)
+        truth = resample_volume(truth, factors, labels=True)
+        image = resample_volume(image, factors) if image is not None else None
     print(f"true instances: {sum(len(np.unique(s[s > 0])) for s in truth)} on {len(truth)} slices (2D, per slice)")
     if args.profile:
         profile = truth_profile(image, truth)
@@ -100,7 +107,7 @@ def main() -> None:
     for path in rounds:
         labels = read_volume(path / "labels.tif")
         if labels.shape != truth.shape:
-            raise InputError(f"{path / 'labels.tif'}: shape {labels.shape} differs from the selected labels {truth.shape}; pass the run's --slices")
+            raise InputError(f"{path / 'labels.tif'}: shape {labels.shape} differs from the selected labels {truth.shape}; pass the run's --slices (and --pixel_size)")
         figures = round_quality(labels, truth, read_pseudo_points(path / "pseudo_points.csv"))
         if image is not None:
             figures.update(snap_quality(labels, image, truth))

@@ -54,3 +54,25 @@ def test_snap_with_an_image_of_another_volume_is_one_line(tmp_path) -> None:
     assert len(lines) == 1 and lines[0].startswith("mitoda: error: "), result.stderr
     assert "has shape (20, 1024, 1024)" in lines[0] and "pass the label volume that belongs to this image" in lines[0]
     assert result.stdout == ""  # nothing printed before the check
+
+
+def test_a_run_at_the_models_scale_is_scored_against_resampled_labels(tmp_path) -> None:
+    import tifffile
+
+    truth = np.zeros((2, 32, 32), np.uint16)
+    truth[:, 8:16, 8:16] = 1  # one instance of 8x8 px per slice at 9.2 nm: 16x16 px at the model's 4.6 nm
+    labels = np.zeros((2, 64, 64), np.uint8)
+    labels[:, 16:32, 16:24] = 1  # the left half of it: precision 1, recall 0.5
+    round_dir = tmp_path / "run" / "pseudo_labels" / "round_0"
+    round_dir.mkdir(parents=True)
+    tifffile.imwrite(round_dir / "labels.tif", labels)
+    (round_dir / "pseudo_points.csv").write_text("z,y,x\n0,20,20\n1,50,50\n")
+    tifffile.imwrite(tmp_path / "truth.tif", truth)
+    script = [sys.executable, "scripts/pseudo_label_quality.py", str(tmp_path / "run"), "--label", str(tmp_path / "truth.tif")]
+    result = subprocess.run([*script, "--slices", "0-1", "--pixel_size", "9.2"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.splitlines()[-1].split()
+    figures = dict(zip(line[1::2], line[2::2]))
+    assert figures["fg_precision"] == "1.000" and figures["fg_recall"] == "0.500" and figures["points_on_instances"] == "0.500"
+    without = subprocess.run([*script, "--slices", "0-1"], cwd=REPO, capture_output=True, text=True)
+    assert without.returncode != 0 and "(and --pixel_size)" in without.stderr.splitlines()[-1]
