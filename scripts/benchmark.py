@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bundle.errors import OneLineParser as _Parser, fail as _fail  # noqa: E402
+from bundle.outputs import atomic_output  # noqa: E402
 
 TRAIN, ORACLE, PAPER = "configs/train.yaml", "configs/oracle.yaml", "configs/recipe_paper.yaml"
 # the shipped source-free fine-tune; needs models/source_prototypes.pt, i.e. the CPU recipe's source model
@@ -252,12 +253,14 @@ def git_commit() -> tuple[str, bool]:
 
 
 def write_json(path: Path, data: Any, exclusive: bool = False) -> None:
-    """Write JSON atomically (temp file + os.replace); `exclusive`: FileExistsError rather than overwrite."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    """Write JSON atomically (`atomic_output`); `exclusive`: FileExistsError rather than overwrite."""
+    text = json.dumps(data, indent=2, default=str) + "\n"
     if not exclusive:
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            tmp.write_text(text)
         return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
     try:
         os.link(tmp, path)  # atomic, and fails where the file exists
     finally:
@@ -444,9 +447,8 @@ def plot(path: Path, title: str, xs: list, series: Series, bars: bool) -> None:
             draw.text((cx, bottom + 6), f"{x} %" + (" (uda)" if x == 0 else ""), fill=black, font=font, anchor="mt")
     draw.text((width / 2, height - 6), "" if bars else "% of the instances given as points", fill=black, font=font,
               anchor="mb")  # fmt: skip
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    image.save(tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
 def stats(values: list[float]) -> tuple[float, float]:
@@ -508,9 +510,8 @@ def write_report(results_path: Path, block: str) -> None:
         text = text[:start] + block + text[end + len(END) :]
     else:
         text += ("" if not text or text.endswith("\n\n") else "\n" if text.endswith("\n") else "\n\n") + block + "\n"
-    tmp = results_path.with_name(f".{results_path.name}.tmp")
-    tmp.write_bytes(text.encode())
-    os.replace(tmp, results_path)
+    with atomic_output(results_path) as tmp:
+        tmp.write_bytes(text.encode())
 
 
 def report(args: argparse.Namespace) -> None:

@@ -346,3 +346,44 @@ def test_snap_to_membranes_cuts_a_too_wide_outline_back_to_the_dark_ring() -> No
     np.testing.assert_array_equal(snap_to_membranes(empty, np.ones((8, 8))), empty)
     with pytest.raises(ValueError, match="shape"):
         snap_to_membranes(label, image[:10])
+
+
+def _snap_by_a_whole_slice_flood(label: np.ndarray, image: np.ndarray, margin: int) -> np.ndarray:
+    """The outline rule's plain form: one watershed over every pixel of the slice (erode 3, ring 10, sigma 1)."""
+    from scipy import ndimage
+    from skimage.segmentation import watershed
+
+    foreground = label == 1
+    markers = np.zeros(label.shape, np.int32)
+    markers[~ndimage.binary_dilation(foreground, iterations=10)] = 1
+    markers[ndimage.binary_erosion(foreground, iterations=3)] = 2
+    inside = watershed(-ndimage.gaussian_filter(image.astype(np.float64), 1.0), markers) == 2
+    if margin:
+        inside = ndimage.binary_dilation(inside, iterations=margin)
+    snapped = label.copy()
+    snapped[foreground & ~inside] = 0
+    return snapped
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_snap_to_membranes_floods_only_the_band_and_finds_the_whole_slice_basins(seed: int) -> None:
+    from scipy import ndimage
+
+    from bundle.pseudo_labels import snap_to_membranes
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:160, :200]
+    image = rng.normal(1.0, 0.15, (160, 200))
+    label = np.full((160, 200), 255, np.uint8)
+    label[rng.random((160, 200)) < 0.5] = 0
+    for _ in range(14):  # mitochondria of several sizes, some touching each other or the border, with dark membranes
+        cy, cx, r = rng.integers(0, 160), rng.integers(0, 200), rng.integers(4, 18)
+        radius = np.hypot(yy - cy, xx - cx)
+        image[radius <= r] = 0.6
+        image[(radius > r - 1.5) & (radius <= r)] = 0.1
+        label[radius <= r + rng.integers(-2, 4)] = 1
+    flat = np.round(ndimage.uniform_filter(image, 9) * 2) / 2  # flat plateaus: equal elevations, ties in the flood
+    for volume in (image, flat):
+        for margin in (0, 1):
+            np.testing.assert_array_equal(snap_to_membranes(label, volume, margin=margin),
+                                          _snap_by_a_whole_slice_flood(label, volume, margin))  # fmt: skip

@@ -160,7 +160,8 @@ def snap_to_membranes(
     on the darkest ridge) grows the foreground eroded by `erode` px against everything farther than `ring` px from
     it; foreground pixels the outside basin takes become background, except those within `margin` px of the inside
     basin (the outer part of the membrane, where labels may draw the outline). Only shrinks: no pixel becomes
-    foreground.
+    foreground. The flood runs only on the unmarked band and the markers that touch it (the others can reach no
+    unmarked pixel): the same basins as a flood of the whole slice (tests/test_pseudo_labels.py), 10–20× faster.
     """
     label, image = _check_slice(label, "label"), _check_slice(image, "image")
     if label.shape != image.shape:
@@ -171,7 +172,10 @@ def snap_to_membranes(
     markers = np.zeros(label.shape, np.int32)
     markers[~ndimage.binary_dilation(foreground, iterations=ring)] = 1
     markers[ndimage.binary_erosion(foreground, iterations=erode)] = 2
-    inside = watershed(-ndimage.gaussian_filter(image.astype(np.float64), sigma), markers) == 2
+    band = markers == 0
+    near = ndimage.binary_dilation(band)  # the band and the markers 4-connected to it, as the flood's neighbours
+    flooded = watershed(-ndimage.gaussian_filter(image.astype(np.float64), sigma), np.where(near, markers, 0), mask=near)
+    inside = (markers == 2) | (band & (flooded == 2))
     if margin > 0:
         inside = ndimage.binary_dilation(inside, iterations=margin)
     snapped = label.copy()
