@@ -17,7 +17,7 @@ from bundle.data.io import read_volume
 from bundle.data.paired import PairedDataset, prepare_paired_batch
 from bundle.handlers.resume import ResumeFromLatest, latest_checkpoint, readable
 from bundle.data.points import read_points, write_points
-from bundle.losses import AdaptationLoss, MultiTaskLoss
+from bundle.losses import AdaptationLoss, MultiTaskLoss, loss_terms_transform
 from bundle.networks import MultiTaskUNet
 from tests.helpers import EPFL, REPO, VNC, need
 
@@ -77,9 +77,14 @@ def test_paired_batch_and_loss_sum_per_domain() -> None:
     assert images[:, 0, 0, 0].tolist() == [0.0, 1.0] and int(targets["num_source"]) == 1
     assert targets["density_mask"][0].min() == 1 and targets["density_mask"][1].max() == 0
     pred = torch.zeros(2, 3, 4, 4)
-    loss = AdaptationLoss(MultiTaskLoss())(pred, targets)
+    loss_fn = AdaptationLoss(MultiTaskLoss())
+    assert loss_terms_transform(loss_fn)(None) is None  # before the first call: nothing to log
+    loss = loss_fn(pred, targets)
     # source: CE ln 2 on 16 labelled pixels, density error 0; target: every pixel ignored and masked -> 0
     assert loss.item() == pytest.approx(np.log(2), rel=1e-5)
+    terms = loss_terms_transform(loss_fn)(None)  # every unweighted term, by domain, for the loss-term curves
+    assert terms.keys() == {"loss_terms/source/ce", "loss_terms/source/density", "loss_terms/target/ce", "loss_terms/target/density"}
+    assert terms["loss_terms/source/ce"] == pytest.approx(np.log(2), rel=1e-5) and terms["loss_terms/target/ce"] == 0
 
 
 def test_adaptation_killed_and_resumed(crops: dict[str, Path], tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.transforms import RandGaussianNoised, RandScaleIntensityd
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bundle.data.views import STRONG_KEY, prepare_two_view_batch, two_view_transform
 from bundle.inference import FeatureInferer
@@ -301,10 +302,16 @@ def _run(configs: list[str], crops: dict[str, Path], run_dir: Path, extra: list[
 def test_baseline_config_short_run(configs: list[str], crops: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
     """Each baseline runs end to end on real crops (4 iterations, 2 epochs), without pseudo-label rounds."""
     run_dir = tmp_path / "run"
-    extra = ["--baseline#logger#interval", "2"] + (["--num_agents", "32"] if configs == R4MITO_CONFIGS else [])
+    extra = ["--loss_terms#0#iteration_log", "2", "--loss_terms#1#iteration_log", "$lambda engine, iteration: True"] + (["--num_agents", "32"] if configs == R4MITO_CONFIGS else [])
     log = _run(configs, crops, run_dir, extra)
     final = torch.load(run_dir / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)
     assert final["trainer"]["iteration"] == 4 and "pseudo_labels" not in final
     assert not (run_dir / "pseudo_labels").exists() and (run_dir / "model.pt").is_file()
-    assert "pseudo-label round" not in log and "baseline terms at iteration 4" in log
-    assert any(p.name.startswith("events.out.tfevents") for p in run_dir.iterdir())
+    assert "pseudo-label round" not in log
+    # every term of the loss, the source part's and the baseline's: in the log and in TensorBoard (`loss_terms/*`)
+    names = ["source/ce", "source/density", "feature_mse", "prediction_ce"]
+    assert all(f"loss_terms/{name}: " in log for name in names), log[-3000:]
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    assert {f"loss_terms/{name}" for name in names} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("loss_terms/source/ce")] == [2, 4]

@@ -69,12 +69,17 @@ class TwoViewAdaptationLoss(nn.Module):
     def __init__(self, loss: nn.Module, consistency: nn.Module) -> None:
         super().__init__()
         self.loss, self.consistency = loss, consistency
+        self.last: dict[str, float] = {}
 
     def forward(self, pred: torch.Tensor | tuple[torch.Tensor, ...], target: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Supervised (source) loss plus the baseline's weighted terms."""
+        """Supervised (source) loss plus the baseline's weighted terms; `last`: the terms of both, unweighted."""
         if not isinstance(pred, (tuple, list)):
-            return self.loss(pred, target)
+            pred = (pred,)
+        supervised = self.loss(pred[0], target)
+        self.last = dict(getattr(self.loss, "last", {}))
         if len(pred) != 4:
-            return self.loss(pred[0], target)
+            return supervised
         output, features, teacher_output, teacher_features = pred
-        return self.loss(output, target) + self.consistency(output, features, teacher_output, teacher_features, target)
+        consistency = self.consistency(output, features, teacher_output, teacher_features, target)
+        self.last.update(getattr(self.consistency, "last", {}))
+        return supervised + consistency

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -23,13 +23,15 @@ def masked_density_l2(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
 
 
 class MultiTaskLoss(nn.Module):
-    """L = CE(segmentation logits, label) + λ1 · L2(density · scale, target density · scale)."""
+    """L = CE(segmentation logits, label) + λ1 · L2(density · scale, target density · scale). The last call's
+    unweighted terms are kept in `last` ({"ce", "density"}) for the loss-term curves (`loss_terms_transform`)."""
 
     def __init__(self, lambda_density: float = 1.0, density_scale: float = 1000.0, ignore_index: int = IGNORE_INDEX):
         super().__init__()
         self.lambda_density = lambda_density
         self.density_scale = density_scale
         self.ignore_index = ignore_index
+        self.last: dict[str, float] = {}
 
     def forward(self, pred: torch.Tensor, target: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """`pred` is the network output (B, 3, H, W); `target` has "label", "density" and optionally "density_mask"."""
@@ -42,19 +44,38 @@ class MultiTaskLoss(nn.Module):
         density = masked_density_l2(
             pred[:, DENSITY_CHANNEL : DENSITY_CHANNEL + 1], target["density"], target.get("density_mask"), self.density_scale
         )
+        self.last = {"ce": float(seg.detach()), "density": float(density.detach())}
         return seg + self.lambda_density * density
 
 
 class AdaptationLoss(nn.Module):
-    """Sum of `loss` over the source and the target part of a paired batch (paper eqs. 1-2: one mean per domain)."""
+    """Sum of `loss` over the source and the target part of a paired batch (paper eqs. 1-2: one mean per domain).
+    `last` holds the last call's terms of each part present, by domain ("source/ce", "target/density", ...)."""
 
     def __init__(self, loss: nn.Module) -> None:
         super().__init__()
         self.loss = loss
+        self.last: dict[str, float] = {}
 
     def forward(self, pred: torch.Tensor, target: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """`target["num_source"]` says how many leading samples of the batch are source samples."""
         split = int(target["num_source"])
         parts = [slice(0, split), slice(split, len(pred))]
         terms = {k: v for k, v in target.items() if k != "num_source"}
-        return sum(self.loss(pred[part], {k: v[part] for k, v in terms.items()}) for part in parts if part.stop > part.start)
+        total, self.last = 0, {}
+        for domain, part in zip(("source", "target"), parts):
+            if part.stop > part.start:
+                total = total + self.loss(pred[part], {k: v[part] for k, v in terms.items()})
+                self.last.update({f"{domain}/{k}": v for k, v in getattr(self.loss, "last", {}).items()})
+        return total
+
+
+def loss_terms_transform(loss: nn.Module, prefix: str = "loss_terms/") -> Callable[[object], dict[str, float] | None]:
+    """An `output_transform` for MONAI's StatsHandler / TensorBoardStatsHandler: the unweighted terms `loss` kept in
+    its `last` dict at the iteration, as {prefix + name: value} (None before the first call: nothing is written)."""
+
+    def transform(_output: object) -> dict[str, float] | None:
+        last = getattr(loss, "last", {})
+        return {prefix + name: value for name, value in last.items()} if last else None
+
+    return transform
