@@ -102,6 +102,7 @@ def test_adaptation_killed_and_resumed(crops: dict[str, Path], tmp_path: Path) -
     assert int(saved["pseudo_labels"]["round"]) == 1  # the round belongs to the checkpoint ...
     counts = saved["pseudo_labels"]["counts"]  # ... and so do round 1's counts (fixed_count)
     assert len(counts) == 2
+    assert float(saved["pseudo_labels"]["outline_cut"]) >= 0  # and how deep the outline rule cut (source labels follow)
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]

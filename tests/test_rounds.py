@@ -20,9 +20,10 @@ from bundle.pseudo_labels.rounds import (
     RoundRule,
     click_checks,
     dark_membrane_premise,
-    finish_label,
+    erode_outlines,
     label_round,
     membrane_profile,
+    outline_cut_depth,
     slice_checks,
 )
 
@@ -63,7 +64,16 @@ def test_the_dark_membrane_premise_is_tested_per_volume(kind: str, holds: bool) 
     assert "interior" in reason and "exterior" in reason  # the numbers behind the decision
 
 
-def _rounds(tmp_path: Path, kind: str, holdout: np.ndarray | None = None) -> tuple[PseudoLabelRounds, np.ndarray]:
+def _source_items() -> list[dict]:
+    """Two dense source slices: one disk of radius 20 each (binary labels)."""
+    yy, xx = np.mgrid[:64, :64]
+    return [{"image": np.zeros((1, 64, 64), np.float32), "label": (np.hypot(yy - 32, xx - 32) <= 20).astype(np.uint8)[None]}
+            for _ in range(2)]  # fmt: skip
+
+
+def _rounds(
+    tmp_path: Path, kind: str, holdout: np.ndarray | None = None, source_items: list[dict] | None = None
+) -> tuple[PseudoLabelRounds, np.ndarray]:
     """One round with the outline rule on, over a network that predicts the grown disks confidently."""
     image, label = mitochondria(kind)
     probability = np.where(label == 1, 0.95, 0.02)
@@ -78,30 +88,52 @@ def _rounds(tmp_path: Path, kind: str, holdout: np.ndarray | None = None) -> tup
     items = [{"image": image[None]}]
     rule = RoundRule(beta=0.0, omega_fractions=[1.0], sigma=5.0, peak_min_distance=10, snap_to_membranes=True)
     rounds = PseudoLabelRounds(items, Fixed(), lambda x, net: net(x), tmp_path / kind, gt_points=np.array([[0, 24, 24]]),
-                               num_rounds=1, rule=rule, tta_views=1, holdout_points=holdout)  # fmt: skip
+                               num_rounds=1, rule=rule, tta_views=1, holdout_points=holdout,
+                               source_items=source_items)  # fmt: skip
     rounds.run_round()
     return rounds, items[0]["label"][0]
 
 
 def test_the_outline_rule_does_not_shrink_dark_interior_mitochondria(tmp_path: Path) -> None:
-    rounds, labels = _rounds(tmp_path, "dark_interior")
+    source = _source_items()
+    rounds, labels = _rounds(tmp_path, "dark_interior", source_items=source)
     _, grown = mitochondria("dark_interior")
-    assert rounds.snap is False
+    assert rounds.snap is False and rounds.outline_cut == 0.0
     assert np.array_equal(labels == 1, grown == 1)  # every pseudo-labelled pixel stays
+    assert all(np.array_equal(item["label"], _source_items()[0]["label"]) for item in source)  # and every source one
     summary = json.loads((tmp_path / "dark_interior" / "round_0" / "summary.json").read_text())
     assert summary["outline_rule"].startswith("not applied: the darkest ring lies inside the mitochondria")
 
 
 def test_the_outline_rule_cuts_back_to_a_dark_membrane(tmp_path: Path) -> None:
-    rounds, labels = _rounds(tmp_path, "membrane")
+    source = _source_items()
+    rounds, labels = _rounds(tmp_path, "membrane", source_items=source)
     _, grown = mitochondria("membrane")
     assert rounds.snap is True
     assert (labels == 1).sum() < 0.9 * (grown == 1).sum()  # the 2-px overreach is cut back ...
+    assert 1.5 < rounds.outline_cut < 3.0  # ... measured as about 2 px deep ...
+    before = _source_items()[0]["label"][0]
+    assert outline_cut_depth([before], [source[0]["label"][0]]) == pytest.approx(rounds.outline_cut, abs=0.35)
+    summary = json.loads((tmp_path / "membrane" / "round_0" / "summary.json").read_text())
+    assert summary["outline_cut_px"] == round(rounds.outline_cut, 3)  # ... the source labels lose a band as deep
     state = rounds.state_dict()
     assert state["snap"] == 1 and "dark membrane" in state["snap_reason"]  # ... and the decision travels
-    fresh, _ = _rounds(tmp_path / "again", "dark_interior")
+    fresh_source = _source_items()
+    fresh, _ = _rounds(tmp_path / "again", "dark_interior", source_items=fresh_source)
     fresh.load_state_dict(state)
-    assert fresh.snap is True
+    assert fresh.snap is True and fresh.outline_cut == rounds.outline_cut
+    assert np.array_equal(fresh_source[1]["label"], source[1]["label"])  # a resumed run's source labels: the same cut
+
+
+def test_erode_outlines_cuts_a_band_as_deep_as_outline_cut_depth_measures() -> None:
+    yy, xx = np.mgrid[:80, :80]
+    disk = (np.hypot(yy - 40, xx - 40) <= 25).astype(np.uint8)
+    disk[0, 0] = 255  # an ignored pixel stays ignored
+    for depth in (1.0, 2.0, 3.5):
+        eroded = erode_outlines(disk, depth)
+        assert outline_cut_depth([disk], [eroded]) == pytest.approx(depth, abs=0.3)
+        assert eroded[0, 0] == 255 and not ((eroded == 1) & (disk != 1)).any()  # only shrinks
+    assert np.array_equal(erode_outlines(disk, 0.0), disk) and outline_cut_depth([np.zeros((4, 4))], [np.zeros((4, 4))]) == 0
 
 
 def test_a_listener_in_the_process_gets_each_round_and_cancels_between_slices(tmp_path: Path) -> None:
@@ -117,13 +149,6 @@ def test_a_listener_in_the_process_gets_each_round_and_cancels_between_slices(tm
     with listening(events.append, cancel), pytest.raises(Cancelled):
         _rounds(tmp_path / "cancelled", "membrane")
     assert len(events) == 1 and not (tmp_path / "cancelled" / "membrane" / "round_0").exists()
-
-
-def test_finish_label_without_the_rule_only_adds_the_clicks() -> None:
-    image, label = mitochondria("dark_interior")
-    rule = RoundRule(point_radius=3, snap_to_membranes=True)
-    out = finish_label(label.copy(), image, np.array([[48, 48]]), rule, snap=False)
-    assert out[48, 48] == 1 and np.array_equal(out[label == 1], label[label == 1])
 
 
 def test_a_whole_round_is_a_function_of_predictions_images_and_points() -> None:
@@ -145,7 +170,7 @@ def test_a_whole_round_is_a_function_of_predictions_images_and_points() -> None:
     holdout = [np.array([[48, 48], list(CENTRES[3])]), np.zeros((0, 2), np.int64)]
     first = label_round(rule, 0, predictions(), [image, image], gt, none, holdout, counts=[4.0, 4.0])
     assert consumed == [0, 1] and first.labels.shape == (2, SIZE, SIZE) and first.counts == [4.0, 4.0]
-    assert first.snap is True and "dark membrane" in first.snap_reason
+    assert first.snap is True and "dark membrane" in first.snap_reason and 1.5 < first.outline_cut < 3.0
     assert (first.labels[0] == 1).sum() < 0.9 * (grown == 1).sum()  # the outline rule cut the overreach back
     assert first.labels[0][48, 48] != 1  # a held-out click is scored, never taught
     assert first.checks["holdout_clicks"] == 2 and first.checks["holdout_click_recall"] == 0.5
@@ -153,6 +178,7 @@ def test_a_whole_round_is_a_function_of_predictions_images_and_points() -> None:
     kept = label_round(rule, 0, predictions(), [image, image], gt, none, holdout, counts=[4.0, 4.0], snap=False,
                        snap_reason="earlier")  # fmt: skip
     assert kept.snap is False and kept.snap_reason == "earlier"  # an earlier decision is not taken again
+    assert kept.outline_cut is None  # nor measured again
     assert (kept.labels[0] == 1).sum() > (first.labels[0] == 1).sum()  # and without the rule nothing is cut
     with pytest.raises(ValueError, match="2 predictions for 3 slices"):
         label_round(rule, 0, predictions(), [image] * 3, gt * 2, none * 2, holdout * 2)

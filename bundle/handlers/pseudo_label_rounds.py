@@ -25,7 +25,7 @@ from bundle.handlers import run_events
 from bundle.inference.runtime import prediction_network, resolve_runtime
 from bundle.losses.multitask import IGNORE_INDEX
 from bundle.pseudo_labels import tta_predict
-from bundle.pseudo_labels.rounds import RoundRule, label_round
+from bundle.pseudo_labels.rounds import RoundRule, erode_outlines, label_round
 from bundle.pseudo_labels.selection import instances_with_points
 
 
@@ -85,6 +85,10 @@ class PseudoLabelRounds:
         device: where the network predicts.
         runtime: where the predictions of a round run (`bundle.inference.runtime`): "eager", "openvino" (a copy
             of the round's weights, compiled on the CPU) or "auto".
+        source_items: the dense source slices of with-source training (dicts with a binary "label", in the source
+            dataset, changed in place). The round that decides the outline rule measures how deep it cut the
+            starting model's outlines (`outline_cut_depth`); when the rule holds, the source labels lose a band that
+            deep (`erode_outlines`), so both domains teach the target's outline. None: the source labels stay.
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class PseudoLabelRounds:
         preview_slices: Sequence[int] = (0,),
         device: str | torch.device = "cpu",
         runtime: str = "eager",
+        source_items: list[dict] | None = None,
     ) -> None:
         self.rule = RoundRule() if rule is None else rule
         if len(self.rule.omega_fractions) < num_rounds:
@@ -121,6 +126,9 @@ class PseudoLabelRounds:
         self.counts: list[float] | None = None  # per-slice counts of the first round, with fixed_count
         self.snap: bool | None = None  # the outline rule's decision for this volume (None: not decided yet)
         self.snap_reason = ""
+        self.outline_cut: float | None = None  # px the outline rule cut in the round that decided it
+        self.source_items = source_items
+        self._source_labels = [np.asarray(item["label"]).copy() for item in source_items or []]  # as read
         self.device = torch.device(device)
         self.runtime = resolve_runtime(runtime, self.device)
         self.logger = logging.getLogger("mitoda.pseudo_labels")
@@ -138,11 +146,15 @@ class PseudoLabelRounds:
             distributed = dist.is_available() and dist.is_initialized()
             if not distributed or dist.get_rank() == 0:
                 self.run_round(engine.state.iteration)
-            if distributed:  # rank 0 has written round_r; the other ranks install its files
+            if distributed:  # rank 0 has written round_r; the other ranks install its files and take its decision
                 dist.barrier()
+                decision = [self.snap, self.snap_reason, self.outline_cut]
+                dist.broadcast_object_list(decision, src=0)
                 if dist.get_rank() > 0:
                     self.round += 1
                     self._install_last_round(read_points=True)
+                    self.snap, self.snap_reason, self.outline_cut = decision
+                    self._follow_target_outline()
                 md5 = self.targets_md5()
                 self.logger.info(f"pseudo-label round {self.round} installed on rank {dist.get_rank()}: targets md5 {md5}")
 
@@ -168,6 +180,9 @@ class PseudoLabelRounds:
             decision = "cut back to the membrane" if result.snap else "left as they are"
             self.logger.info(f"outline rule: pseudo-label outlines {decision}: {result.snap_reason}")
         self.snap, self.snap_reason, self.pseudo = result.snap, result.snap_reason, result.pseudo_points
+        if result.outline_cut is not None:
+            self.outline_cut = result.outline_cut
+            self._follow_target_outline(log=True)
         if self.fixed_count and self.counts is None:
             self.counts = result.counts
         self._write_round(r, result.labels, result.density_masks, result.point_masks)
@@ -197,6 +212,14 @@ class PseudoLabelRounds:
             if kept is not None:
                 kept.append(probability)
             yield probability, density
+
+    def _follow_target_outline(self, log: bool = False) -> None:
+        """Erode the source labels by the depth the outline rule cut (nothing when it did not hold or cut)."""
+        depth = self.outline_cut if self.snap and self.outline_cut is not None else 0.0
+        for item, label in zip(self.source_items or [], self._source_labels):
+            item["label"] = erode_outlines(label[0], depth)[None]
+        if log and self.source_items:
+            self.logger.info(f"source labels follow the target's outline: a band {depth:.2f} px deep is background")
 
     def _write_round(self, r: int, labels: np.ndarray, masks: np.ndarray, point_masks: np.ndarray | None = None) -> None:
         """Write labels.tif, density_mask.tif, point_mask.tif, pseudo_points.csv, previews and the model that
@@ -250,6 +273,7 @@ class PseudoLabelRounds:
             **checks,
             "outline_rule": ("cut back to the membrane: " if self.snap else "not applied: ") + self.snap_reason
             if self.rule.snap_to_membranes else "off",
+            **({"outline_cut_px": round(self.outline_cut, 3)} if self.outline_cut is not None else {}),
         }
         (self.round_dir(r) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.logger.info(f"pseudo-label round {r + 1}/{self.num_rounds}: {summary}")
@@ -265,7 +289,8 @@ class PseudoLabelRounds:
         counts = torch.as_tensor(self.counts if self.counts is not None else [], dtype=torch.float64)
         snap = -1 if self.snap is None else int(self.snap)
         return {"round": self.round, "pseudo_points": torch.as_tensor(stack_points(self.pseudo)), "counts": counts,
-                "snap": snap, "snap_reason": self.snap_reason}  # fmt: skip
+                "snap": snap, "snap_reason": self.snap_reason,
+                "outline_cut": -1.0 if self.outline_cut is None else self.outline_cut}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the round and points and reinstall the last round's labels from disk."""
@@ -275,6 +300,9 @@ class PseudoLabelRounds:
         self.counts = [float(c) for c in counts] if counts is not None and len(counts) else None
         snap = int(state.get("snap", -1))  # absent in checkpoints from before the outline premise: decided again
         self.snap, self.snap_reason = (None if snap < 0 else bool(snap)), str(state.get("snap_reason", ""))
+        cut = float(state.get("outline_cut", -1.0))  # absent in checkpoints from before the source outline
+        self.outline_cut = None if cut < 0 else cut
+        self._follow_target_outline()
         if self.round > 0:
             self._install_last_round()
 

@@ -2,10 +2,13 @@
 
 `label_round` is a whole round of the target volume. For slice z, from the model's TTA prediction (probability,
 density): count → new density peaks (β) → IPL (or threshold / entropy) labels → the density veto on background →
-the outline rule → the clicked points (`label_slice`, then `finish_label`).
+the outline rule → the clicked points (`label_slice`, then the rest in `label_round`).
 The outline rule (`snap_to_membranes`) cuts pseudo-label outlines back to a dark membrane; it runs only where the
 volume shows one (`dark_membrane_premise`, tested once per volume on the first round's labels), so that it cannot
 shrink the mitochondria of a volume whose premise fails (dark interiors, inverted contrast, no membrane).
+The round that decides the rule also measures how deep it cut (`outline_cut_depth`, px): the offset between the
+starting model's outlines and the target's membranes, which `erode_outlines` applies to dense source labels so that
+with-source training teaches the target's outline convention on both domains.
 `slice_checks` / `click_checks` are the label-free checks of a round: held-out click recall and the instance count.
 """
 
@@ -129,13 +132,6 @@ def label_slice(
     return SliceRound(label, mask, target_density, pseudo_points, float(count))
 
 
-def finish_label(label: np.ndarray, image: np.ndarray, gt_points: np.ndarray, rule: RoundRule, snap: bool) -> np.ndarray:
-    """The outline rule (when `snap`: the pixels it cuts off are taught as background), then the clicked points."""
-    if snap:
-        label = snap_to_membranes(label, image, margin=rule.outline_margin)
-    return add_point_labels(label, gt_points, radius=rule.point_radius)
-
-
 @dataclass
 class VolumeRound:
     """A whole round of the target slices: what `PseudoLabelRounds` writes to round_r and installs."""
@@ -148,6 +144,7 @@ class VolumeRound:
     counts: list[float]  # per slice: the count used for β and Ω
     snap: bool | None  # the outline rule's decision for the volume (None: the rule is off)
     snap_reason: str
+    outline_cut: float | None  # px the rule cut off the labels, when this round decided it (`outline_cut_depth`)
     checks: dict  # `click_checks` of the predictions (the model the round predicted with)
 
 
@@ -184,9 +181,13 @@ def label_round(
         per_slice_checks.append(slice_checks(probability, density, holdout_points[z]))
     if len(slices) != len(images):
         raise ValueError(f"{len(slices)} predictions for {len(images)} slices")
-    if rule.snap_to_membranes and snap is None:
+    decided_here = rule.snap_to_membranes and snap is None
+    if decided_here:
         snap, snap_reason = dark_membrane_premise(membrane_profile(images, [s.label for s in slices]))
-    labels = np.stack([finish_label(s.label, image, gt, rule, bool(snap)) for s, image, gt in zip(slices, images, gt_points)])
+    # the outline rule (when it holds: the pixels it cuts off are taught as background), then the clicked points
+    cut = [snap_to_membranes(s.label, image, margin=rule.outline_margin) if snap else s.label for s, image in zip(slices, images)]
+    outline_cut = outline_cut_depth([s.label for s in slices], cut) if decided_here else None
+    labels = np.stack([add_point_labels(label, gt, radius=rule.point_radius) for label, gt in zip(cut, gt_points)])
     return VolumeRound(
         labels=labels,
         density_masks=np.stack([s.density_mask for s in slices]),
@@ -196,8 +197,34 @@ def label_round(
         counts=[s.count for s in slices],
         snap=snap if rule.snap_to_membranes else None,
         snap_reason=snap_reason,
+        outline_cut=outline_cut,
         checks=click_checks(per_slice_checks),
     )
+
+
+def outline_cut_depth(before: Sequence[np.ndarray], after: Sequence[np.ndarray]) -> float:
+    """Mean depth (px) of what the outline rule cut off: foreground (1) pixels of `before` that `after` lost, over
+    the outline pixels of `before` (foreground with a 4-neighbour outside it); 0 without foreground. A band cut d px
+    deep along the whole outline gives about d."""
+    removed = outline = 0
+    for old, new in zip(before, after):
+        foreground = np.asarray(old) == FOREGROUND
+        removed += int((foreground & (np.asarray(new) != FOREGROUND)).sum())
+        outline += int((foreground & ~ndimage.binary_erosion(foreground, border_value=1)).sum())
+    return removed / outline if outline else 0.0
+
+
+def erode_outlines(label: np.ndarray, depth: float) -> np.ndarray:
+    """Copy of a binary (0 / 1) `label` whose foreground pixels within `depth` px of the outside (Euclidean distance
+    from the pixel centre to the nearest background pixel's, so the outline ring is at 1) become background: a band
+    about `depth` px deep, `outline_cut_depth`'s measure. Pixels of another value stay."""
+    label = np.asarray(label)
+    if depth <= 0:
+        return label.copy()
+    foreground = label == FOREGROUND
+    eroded = label.copy()
+    eroded[foreground & (ndimage.distance_transform_edt(foreground) <= depth)] = 0
+    return eroded
 
 
 def membrane_profile(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], radius: int = PROFILE_RADIUS) -> np.ndarray:
