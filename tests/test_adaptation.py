@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from monai.bundle import ConfigParser
 
 from bundle.data.io import read_volume
 from bundle.data.paired import PairedDataset, prepare_paired_batch
@@ -218,3 +219,25 @@ def test_fixed_count_keeps_the_first_rounds_count(tmp_path: Path, fixed_count: b
     assert len(resumed.pseudo[0]) == (2 if fixed_count else 3)
     summary = json.loads((tmp_path / f"pl_{fixed_count}" / "round_1" / "summary.json").read_text())
     assert summary["estimated_count"] == pytest.approx(2.0 if fixed_count else 4.0, abs=0.05)
+
+
+@pytest.mark.parametrize("end, expected", [(1.0, [1.0, 1.0, 1.0, 1.0]), (0.0, [0.75, 0.5, 0.25, 0.0])])
+def test_the_source_weight_schedule_of_adapt_wda(end: float, expected: list[float]) -> None:
+    """adapt_wda.yaml's schedule sets AdaptationLoss.source_weight at each iteration's start from the iteration
+    number: constant 1 by default (the paper), linear to `source_weight_end` at the last iteration; the source part
+    of the loss is weighted by it and its logged terms stay unweighted."""
+    from ignite.engine import Engine
+
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "configs" / f"{name}.yaml") for name in ("train", "finetune", "adapt_wda")])
+    parser.update({"num_iterations": 4, "source_weight_end": end})
+    loss_fn, schedule = parser.get_parsed_content("adaptation_loss"), parser.get_parsed_content("source_weight")
+    pred = torch.zeros(2, 3, 4, 4)
+    targets = {"label": torch.ones(2, 1, 4, 4), "density": torch.zeros(2, 1, 4, 4), "num_source": torch.tensor(1)}
+    seen = []
+    engine = Engine(lambda engine, batch: seen.append((loss_fn.source_weight, float(loss_fn(pred, targets)))))
+    schedule.attach(engine)
+    engine.run([0] * 4, max_epochs=1)
+    assert [weight for weight, _ in seen] == pytest.approx(expected)
+    assert [value for _, value in seen] == pytest.approx([(1 + w) * np.log(2) for w in expected], rel=1e-5)
+    assert loss_terms_transform(loss_fn)(None)["loss_terms/source/ce"] == pytest.approx(np.log(2), rel=1e-5)

@@ -18,7 +18,13 @@ from bundle.data.paired import PairedDataset, prepare_paired_batch
 from bundle.data.points import write_points
 from bundle.handlers import PrototypeBank
 from bundle.inference import FeatureInferer
-from bundle.losses import AdaptationLoss, ClassFocusedContrastLoss, ContrastiveAdaptationLoss, MultiTaskLoss
+from bundle.losses import (
+    AdaptationLoss,
+    ClassFocusedContrastLoss,
+    ContrastiveAdaptationLoss,
+    MultiTaskLoss,
+    loss_terms_transform,
+)
 from bundle.networks import MultiTaskUNet
 from tests.helpers import REPO
 
@@ -163,8 +169,9 @@ def test_source_free_loss_path(inputs: dict[str, Path]) -> None:
     plain = MultiTaskLoss()(output, {k: v for k, v in targets.items() if k != "num_source"})
     assert torch.isfinite(loss) and loss.item() > plain.item()  # the target loss alone + a positive L_contra
     # the terms the loss-term curves log: source-free, only the target part's, and L_contra; they add up to the loss
-    assert loss_fn.last.keys() == {"target/ce", "target/density", "contrast"}
-    assert sum(loss_fn.last.values()) == pytest.approx(loss.item(), rel=1e-5)  # λ1 = λ2 = 1
+    terms = loss_terms_transform(loss_fn, prefix="")(None)
+    assert terms.keys() == {"target/ce", "target/density", "contrast"}
+    assert sum(terms.values()) == pytest.approx(loss.item(), rel=1e-5)  # λ1 = λ2 = 1
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in network.parameters())
     assert float(network.conv_0.conv_0.conv.weight.grad.abs().sum()) > 0

@@ -53,7 +53,7 @@ class CAFALoss(nn.Module):
         self.tau, self.temperature, self.num_classes = tau, temperature, num_classes
         self.weights = dict.fromkeys(ALIGN_TERMS, lambda_align)
         self.weights.update(prototype_ce=lambda_p, feature_mse=lambda_cf, prediction_ce=lambda_cp)
-        self.last: dict[str, float] = {}
+        self.last: dict[str, torch.Tensor] = {}
 
     def forward(
         self,
@@ -65,7 +65,7 @@ class CAFALoss(nn.Module):
     ) -> torch.Tensor:
         """Σ λ · term (eq. 7 without L^s_seg, which the wrapped adaptation loss adds)."""
         terms, _ = self.terms(output, features, teacher_output, teacher_features, target)
-        self.last = {name: float(value.detach()) for name, value in terms.items()}
+        self.last = {name: value.detach() for name, value in terms.items()}
         return sum(self.weights[name] * value for name, value in terms.items())
 
     def terms(

@@ -69,7 +69,7 @@ class TwoViewAdaptationLoss(nn.Module):
     def __init__(self, loss: nn.Module, consistency: nn.Module) -> None:
         super().__init__()
         self.loss, self.consistency = loss, consistency
-        self.last: dict[str, float] = {}
+        self.last: dict[str, torch.Tensor] = {}
 
     def forward(self, pred: torch.Tensor | tuple[torch.Tensor, ...], target: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Supervised (source) loss plus the baseline's weighted terms; `last`: the terms of both, unweighted."""

@@ -190,7 +190,7 @@ class ContrastiveAdaptationLoss(nn.Module):
     def __init__(self, loss: nn.Module, contrast: nn.Module, lambda_contrast: float = 5e-3) -> None:
         super().__init__()
         self.loss, self.contrast, self.lambda_contrast = loss, contrast, lambda_contrast
-        self.last: dict[str, float] = {}
+        self.last: dict[str, torch.Tensor] = {}
 
     def forward(self, pred: torch.Tensor | tuple[torch.Tensor, torch.Tensor], target: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Adaptation loss plus the weighted contrastive term; `last`: the adaptation loss's terms and "contrast"."""
@@ -200,5 +200,5 @@ class ContrastiveAdaptationLoss(nn.Module):
         if features is None or self.lambda_contrast == 0 or getattr(self.contrast, "mode", None) == "none":
             return base
         contrast = self.contrast(output, features, target)
-        self.last["contrast"] = float(contrast.detach())
+        self.last["contrast"] = contrast.detach()
         return base + self.lambda_contrast * contrast

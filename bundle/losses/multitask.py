@@ -24,14 +24,15 @@ def masked_density_l2(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
 
 class MultiTaskLoss(nn.Module):
     """L = CE(segmentation logits, label) + λ1 · L2(density · scale, target density · scale). The last call's
-    unweighted terms are kept in `last` ({"ce", "density"}) for the loss-term curves (`loss_terms_transform`)."""
+    unweighted terms are kept in `last` ({"ce", "density"}, detached tensors: read as numbers only when logged, by
+    `loss_terms_transform`, so that a GPU step does not wait for them)."""
 
     def __init__(self, lambda_density: float = 1.0, density_scale: float = 1000.0, ignore_index: int = IGNORE_INDEX):
         super().__init__()
         self.lambda_density = lambda_density
         self.density_scale = density_scale
         self.ignore_index = ignore_index
-        self.last: dict[str, float] = {}
+        self.last: dict[str, torch.Tensor] = {}
 
     def forward(self, pred: torch.Tensor, target: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """`pred` is the network output (B, 3, H, W); `target` has "label", "density" and optionally "density_mask"."""
@@ -44,18 +45,20 @@ class MultiTaskLoss(nn.Module):
         density = masked_density_l2(
             pred[:, DENSITY_CHANNEL : DENSITY_CHANNEL + 1], target["density"], target.get("density_mask"), self.density_scale
         )
-        self.last = {"ce": float(seg.detach()), "density": float(density.detach())}
+        self.last = {"ce": seg.detach(), "density": density.detach()}
         return seg + self.lambda_density * density
 
 
 class AdaptationLoss(nn.Module):
-    """Sum of `loss` over the source and the target part of a paired batch (paper eqs. 1-2: one mean per domain).
-    `last` holds the last call's terms of each part present, by domain ("source/ce", "target/density", ...)."""
+    """`source_weight` · `loss`(source part) + `loss`(target part) of a paired batch (paper eqs. 1-2: one mean per
+    domain, weight 1). `last` holds the last call's unweighted terms of each part present, by domain ("source/ce",
+    "target/density", ...). A schedule may change `source_weight` between iterations (adapt_wda.yaml)."""
 
-    def __init__(self, loss: nn.Module) -> None:
+    def __init__(self, loss: nn.Module, source_weight: float = 1.0) -> None:
         super().__init__()
         self.loss = loss
-        self.last: dict[str, float] = {}
+        self.source_weight = source_weight
+        self.last: dict[str, torch.Tensor] = {}
 
     def forward(self, pred: torch.Tensor, target: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """`target["num_source"]` says how many leading samples of the batch are source samples."""
@@ -65,7 +68,8 @@ class AdaptationLoss(nn.Module):
         total, self.last = 0, {}
         for domain, part in zip(("source", "target"), parts):
             if part.stop > part.start:
-                total = total + self.loss(pred[part], {k: v[part] for k, v in terms.items()})
+                weight = self.source_weight if domain == "source" else 1.0
+                total = total + weight * self.loss(pred[part], {k: v[part] for k, v in terms.items()})
                 self.last.update({f"{domain}/{k}": v for k, v in getattr(self.loss, "last", {}).items()})
         return total
 
@@ -76,6 +80,6 @@ def loss_terms_transform(loss: nn.Module, prefix: str = "loss_terms/") -> Callab
 
     def transform(_output: object) -> dict[str, float] | None:
         last = getattr(loss, "last", {})
-        return {prefix + name: value for name, value in last.items()} if last else None
+        return {prefix + name: float(value) for name, value in last.items()} if last else None
 
     return transform
