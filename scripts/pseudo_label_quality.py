@@ -87,6 +87,7 @@ def main() -> None:
                                                     key=lambda p: int(p.name.split("_")[1]))  # fmt: skip
     if args.run_dir is not None and not rounds:
         raise InputError(f"{args.run_dir / 'pseudo_labels'}: no round_N folders; pass the output_dir of an adaptation run")
+    factors = None if args.pixel_size is None else model_scale(args.label, args.pixel_size)  # checked before any read
     truth = read_label_instances(args.label)
     image = read_volume(args.image) if args.snap or args.profile else None
     if image is not None:
@@ -94,8 +95,7 @@ def main() -> None:
     selected = parse_slices(args.slices, len(truth), path=args.label)
     truth = truth[selected]
     image = image[selected].astype(np.float32) if image is not None else None
-    if args.pixel_size is not None:
-        factors = model_scale(args.label, args.pixel_size)
+    if factors is not None:
         truth = resample_volume(truth, factors, labels=True)
         image = resample_volume(image, factors) if image is not None else None
     print(f"true instances: {sum(len(np.unique(s[s > 0])) for s in truth)} on {len(truth)} slices (2D, per slice)")

@@ -76,3 +76,6 @@ def test_a_run_at_the_models_scale_is_scored_against_resampled_labels(tmp_path) 
     assert figures["fg_precision"] == "1.000" and figures["fg_recall"] == "0.500" and figures["points_on_instances"] == "0.500"
     without = subprocess.run([*script, "--slices", "0-1"], cwd=REPO, capture_output=True, text=True)
     assert without.returncode != 0 and "(and --pixel_size)" in without.stderr.splitlines()[-1]
+    missing = [*script[:3], "--label", str(tmp_path / "absent.tif"), "--pixel_size", "-3"]  # a bad size, checked first
+    bad = subprocess.run(missing, cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode != 0 and "is not a pixel size" in bad.stderr.splitlines()[-1] and bad.stdout == ""
