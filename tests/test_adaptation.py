@@ -221,16 +221,22 @@ def test_fixed_count_keeps_the_first_rounds_count(tmp_path: Path, fixed_count: b
     assert summary["estimated_count"] == pytest.approx(2.0 if fixed_count else 4.0, abs=0.05)
 
 
-@pytest.mark.parametrize("end, expected", [(1.0, [1.0, 1.0, 1.0, 1.0]), (0.0, [0.75, 0.5, 0.25, 0.0])])
-def test_the_source_weight_schedule_of_adapt_wda(end: float, expected: list[float]) -> None:
+@pytest.mark.parametrize(
+    "end, end_iteration, expected",
+    [(1.0, None, [1.0, 1.0, 1.0, 1.0]), (0.0, None, [0.75, 0.5, 0.25, 0.0]), (0.0, 2, [0.5, 0.0, 0.0, 0.0])],
+)
+def test_the_source_weight_schedule_of_adapt_wda(end: float, end_iteration: int | None, expected: list[float]) -> None:
     """adapt_wda.yaml's schedule sets AdaptationLoss.source_weight at each iteration's start from the iteration
-    number: constant 1 by default (the paper), linear to `source_weight_end` at the last iteration; the source part
-    of the loss is weighted by it and its logged terms stay unweighted."""
+    number: constant 1 by default (the paper), linear to `source_weight_end` at the last iteration or at
+    `source_weight_end_iteration`, then held; the source part of the loss is weighted by it and its logged terms stay
+    unweighted."""
     from ignite.engine import Engine
 
     parser = ConfigParser()
     parser.read_config([str(REPO / "configs" / f"{name}.yaml") for name in ("train", "finetune", "adapt_wda")])
     parser.update({"num_iterations": 4, "source_weight_end": end})
+    if end_iteration is not None:
+        parser.update({"source_weight_end_iteration": end_iteration})
     loss_fn, schedule = parser.get_parsed_content("adaptation_loss"), parser.get_parsed_content("source_weight")
     pred = torch.zeros(2, 3, 4, 4)
     targets = {"label": torch.ones(2, 1, 4, 4), "density": torch.zeros(2, 1, 4, 4), "num_source": torch.tensor(1)}
