@@ -239,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         RoundRule(outline_margin=overrides.get("outline_margin", 0))
     except InputError as error:
         _fail(f"--{error}")
+    for key in ("source_weight_end", "source_weight_end_iteration"):  # adapt_wda.yaml's schedule, read mid-run
+        value = overrides.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            _fail(f"--{key} {value}: a number >= 0 is needed (the source weight's end value, the iteration it is reached)")
     if min(args.num_iterations, args.val_interval, args.num_rounds) < 1 or args.num_iterations < args.val_interval:
         _fail("--num_iterations >= --val_interval >= 1 and --num_rounds >= 1 are needed")
     for name in ("target_image", "points", "output_dir", "source_image", "source_label", "dataset_dir",
