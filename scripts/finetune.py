@@ -233,16 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.holdout_clicks < 1:
         _fail(f"--holdout_clicks {args.holdout_clicks}: a share of the clicks from 0 (none held out) to below 1, e.g. 0.2")
     from bundle.errors import InputError
+    from bundle.losses import check_weight, source_weight_schedule
     from bundle.pseudo_labels.rounds import RoundRule
 
-    try:  # the rule checks its own values; here before anything is written
+    try:  # the configs' own checks (their `prepare`), here before anything is written
         RoundRule(outline_margin=overrides.get("outline_margin", 0))
+        source_weight_schedule(overrides.get("source_weight_end", 1.0), overrides.get("source_weight_end_iteration", 0))
+        check_weight("source_lambda_density", overrides.get("source_lambda_density", 1.0), "the source density L2 weight")
     except InputError as error:
         _fail(f"--{error}")
-    for key in ("source_weight_end", "source_weight_end_iteration"):  # adapt_wda.yaml's schedule, read mid-run
-        value = overrides.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            _fail(f"--{key} {value}: a number >= 0 is needed (the source weight's end value, the iteration it is reached)")
     if min(args.num_iterations, args.val_interval, args.num_rounds) < 1 or args.num_iterations < args.val_interval:
         _fail("--num_iterations >= --val_interval >= 1 and --num_rounds >= 1 are needed")
     for name in ("target_image", "points", "output_dir", "source_image", "source_label", "dataset_dir",

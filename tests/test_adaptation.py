@@ -20,7 +20,7 @@ from bundle.handlers.resume import ResumeFromLatest, latest_checkpoint, readable
 from bundle.data.points import read_points, write_points
 from bundle.losses import AdaptationLoss, MultiTaskLoss, loss_terms_transform
 from bundle.networks import MultiTaskUNet
-from tests.helpers import EPFL, REPO, VNC, need
+from tests.helpers import EPFL, REPO, VNC, assert_one_line_error, need, run_bundle
 
 CROP = (slice(128, 384), slice(128, 384))
 TARGET_CROP = (slice(0, 256), slice(200, 456))  # holds published split1 points on EPFL slices 0-1
@@ -247,3 +247,28 @@ def test_the_source_weight_schedule_of_adapt_wda(end: float, end_iteration: int 
     assert [weight for weight, _ in seen] == pytest.approx(expected)
     assert [value for _, value in seen] == pytest.approx([(1 + w) * np.log(2) for w in expected], rel=1e-5)
     assert loss_terms_transform(loss_fn)(None)["loss_terms/source/ce"] == pytest.approx(np.log(2), rel=1e-5)
+
+
+def test_source_lambda_density_weights_the_source_density_term_only() -> None:
+    """adapt_wda.yaml's `source_lambda_density` is the density L2's weight in the source part: 0 leaves the source
+    batches' segmentation term and the target's density term; the unweighted source density is still logged."""
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "configs" / f"{name}.yaml") for name in ("train", "finetune", "adapt_wda")])
+    parser.update({"source_lambda_density": 0.0})
+    loss_fn = parser.get_parsed_content("adaptation_loss")
+    pred = torch.zeros(2, 3, 4, 4)
+    pred[:, 2] = 0.001  # density 0.001 * scale 1000 against 0: an L2 of 1 in each part
+    targets = {"label": torch.ones(2, 1, 4, 4), "density": torch.zeros(2, 1, 4, 4), "num_source": torch.tensor(1)}
+    assert float(loss_fn(pred, targets)) == pytest.approx(2 * np.log(2) + 1.0, rel=1e-5)  # CE twice, target density
+    terms = loss_terms_transform(loss_fn)(None)
+    assert terms["loss_terms/source/density"] == pytest.approx(1.0) == terms["loss_terms/target/density"]
+
+
+@pytest.mark.parametrize("key, value", [("source_weight_end", "-1"), ("source_weight_end_iteration", "'late'"),
+                                        ("source_lambda_density", "-0.5")])  # fmt: skip
+def test_a_bad_loss_value_stops_before_any_output(key: str, value: str, crops: dict[str, Path], tmp_path: Path) -> None:
+    """adapt_wda.yaml's `prepare` checks the source weight schedule and the density weights: one line, nothing
+    written (ParamSchedulerHandler would fail mid-run)."""
+    out = tmp_path / "run"
+    assert_one_line_error(run_bundle(*adapt_command(crops, out, 2)[4:], f"--{key}", value), key, f"--{key}")
+    assert not out.exists()

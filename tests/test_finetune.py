@@ -133,13 +133,14 @@ def test_bad_input_one_line_and_no_output(case: str, inputs: dict[str, Path], tm
 @pytest.mark.parametrize(
     "key, value",
     [("outline_margin", "-1"), ("outline_margin", "1.5"), ("outline_margin", "wide"), ("source_weight_end", "-1"),
-     ("source_weight_end", "half"), ("source_weight_end_iteration", "-5"), ("source_weight_end_iteration", "True")],
+     ("source_weight_end", "half"), ("source_weight_end_iteration", "-5"), ("source_weight_end_iteration", "True"),
+     ("source_lambda_density", "-1"), ("source_lambda_density", "none")],
 )
 def test_a_bad_rule_value_is_one_line_and_writes_nothing(key: str, value: str, inputs: dict[str, Path],
                                                          tmp_path: Path, capsys) -> None:  # fmt: skip
     argv = ["--target_image", str(inputs["target_image"]), "--points", str(inputs["points"]),
             "--output_dir", str(tmp_path / "out"), f"--{key}", value]  # fmt: skip
-    if key.startswith("source_weight"):  # adapt_wda.yaml's keys: with source batches only
+    if key.startswith("source_"):  # adapt_wda.yaml's keys: with source batches only
         argv += ["--with_source", "--dataset_dir", str(tmp_path / "data")]
     with pytest.raises(SystemExit) as info:
         _script("finetune").main(argv)

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bundle.errors import input_error
 from bundle.networks.multitask_unet import DENSITY_CHANNEL, SEG_CHANNELS
 
 IGNORE_INDEX = 255  # label value of pixels that carry no segmentation supervision
@@ -20,6 +21,20 @@ def masked_density_l2(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
         return error.mean()
     mask = mask.to(error.dtype)
     return (error * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def check_weight(name: str, value: object, what: str) -> None:
+    """An InputError naming `name` unless `value` is a number >= 0 (a config value read only once training runs)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise input_error(name, f"{value!r} is not a number >= 0 ({what})", f"pass --{name} with a number from 0")
+
+
+def source_weight_schedule(end: float, end_iteration: int) -> dict[str, float]:
+    """`vc_kwargs` of MONAI's linear ParamSchedulerHandler for the source loss's weight: 1 at the first iteration,
+    `end` at iteration `end_iteration`, then held (adapt_wda.yaml). Both values are checked here, before training."""
+    check_weight("source_weight_end", end, "the source weight's end value")
+    check_weight("source_weight_end_iteration", end_iteration, "the iteration at which the source weight reaches it")
+    return {"initial_value": 1.0, "step_constant": 0, "step_max_value": end_iteration, "max_value": end}
 
 
 class MultiTaskLoss(nn.Module):
@@ -50,13 +65,20 @@ class MultiTaskLoss(nn.Module):
 
 
 class AdaptationLoss(nn.Module):
-    """`source_weight` · `loss`(source part) + `loss`(target part) of a paired batch (paper eqs. 1-2: one mean per
-    domain, weight 1). `last` holds the last call's unweighted terms of each part present, by domain ("source/ce",
-    "target/density", ...). A schedule may change `source_weight` between iterations (adapt_wda.yaml)."""
+    """`source_weight` · `source_loss`(source part) + `loss`(target part) of a paired batch (paper eqs. 1-2: one mean
+    per domain, weight 1). `last` holds the last call's unweighted terms of each part present, by domain ("source/ce",
+    "target/density", ...). A schedule may change `source_weight` between iterations (adapt_wda.yaml).
 
-    def __init__(self, loss: nn.Module, source_weight: float = 1.0) -> None:
+    Args:
+        loss: the loss of each domain's part, e.g. MultiTaskLoss.
+        source_weight: the source part's weight.
+        source_loss: the source part's own loss (e.g. another density weight); default `loss`.
+    """
+
+    def __init__(self, loss: nn.Module, source_weight: float = 1.0, source_loss: nn.Module | None = None) -> None:
         super().__init__()
         self.loss = loss
+        self.source_loss = loss if source_loss is None else source_loss
         self.source_weight = source_weight
         self.last: dict[str, torch.Tensor] = {}
 
@@ -68,9 +90,9 @@ class AdaptationLoss(nn.Module):
         total, self.last = 0, {}
         for domain, part in zip(("source", "target"), parts):
             if part.stop > part.start:
-                weight = self.source_weight if domain == "source" else 1.0
-                total = total + weight * self.loss(pred[part], {k: v[part] for k, v in terms.items()})
-                self.last.update({f"{domain}/{k}": v for k, v in getattr(self.loss, "last", {}).items()})
+                weight, loss = (self.source_weight, self.source_loss) if domain == "source" else (1.0, self.loss)
+                total = total + weight * loss(pred[part], {k: v[part] for k, v in terms.items()})
+                self.last.update({f"{domain}/{k}": v for k, v in getattr(loss, "last", {}).items()})
         return total
 
 
