@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import subprocess
 from itertools import permutations
@@ -26,7 +27,7 @@ from bundle.losses.consistency import (
     pseudo_label_ce,
     rank_consistency,
 )
-from bundle.losses.prototypes import prototype_similarity
+from bundle.losses.prototypes import RunningPrototypes, prototype_similarity
 from bundle.losses.r4mito import agent_log_correlation, gather_agents, reliable_prototypes, select_agents
 from bundle.networks import MultiTaskUNet
 from tests.helpers import REPO
@@ -172,6 +173,55 @@ def test_cafa_loss_by_hand() -> None:
     assert _terms(strict)["intra_target"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_running_prototypes_by_hand() -> None:
+    """m = 0.75: the first batch's prototype is taken as it is, the second blends 0.75 old + 0.25 new (the gradient
+    reaching the new batch only, scaled by 0.25), a class absent from a batch keeps its running prototype, and the
+    state survives a state_dict round trip. m = 0 returns the batch's prototypes, None included."""
+    running = RunningPrototypes(0.75)
+    first = running({0: torch.tensor([1.0, 0.0]), 1: None})
+    assert first[0].tolist() == [1.0, 0.0] and first[1] is None
+    new = torch.tensor([0.0, 1.0], requires_grad=True)
+    second = running({0: torch.tensor([0.0, 0.0]), 1: new})
+    assert second[0].tolist() == pytest.approx([0.75, 0.0]) and second[1].tolist() == [0.0, 1.0]
+    newer = torch.tensor([1.0, 1.0], requires_grad=True)
+    third = running({0: None, 1: newer})
+    assert third[0].tolist() == pytest.approx([0.75, 0.0]) and third[1].tolist() == pytest.approx([0.25, 1.0])
+    third[1].sum().backward()
+    assert newer.grad.tolist() == [0.25, 0.25] and new.grad is None  # `new` lives on in the detached state only
+    restored = RunningPrototypes(0.75)
+    restored.load_state_dict(torch.load(_saved(running.state_dict()), weights_only=True))
+    assert {c: p.tolist() for c, p in restored.prototypes.items()} == {c: p.tolist() for c, p in running.prototypes.items()}
+    batch = {0: torch.tensor([1.0, 0.0]), 1: None}
+    assert RunningPrototypes(0.0)(batch) == batch
+    with pytest.raises(ValueError, match="momentum"):
+        RunningPrototypes(1.0)
+
+
+def _saved(state: dict) -> io.BytesIO:
+    """`state` through torch.save into memory, as a checkpoint holds it."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_cafa_running_prototypes_keep_the_target_terms_on_a_source_batch_without_mitochondria() -> None:
+    """With per-batch prototypes (m = 0) a source batch without mitochondria switches L_p and L^t_intra off; with
+    running ones (m = 0.9) the foreground prototype of the earlier batch stands in, and the terms stay on."""
+    output, features, teacher_output, weak, target = _tiny_two_view_batch()
+    background_only = {**target, "label": torch.tensor([[[[0.0, 0.0]]], [[[255.0, 255.0]]]])}
+    per_batch, running = CAFALoss(), CAFALoss(prototype_momentum=0.9)
+    for loss in (per_batch, running):
+        loss(output, features, teacher_output, weak, target)
+        assert _terms(loss)["prototype_ce"] > 0
+        loss(output, features, teacher_output, weak, background_only)
+    assert _terms(per_batch)["prototype_ce"] == 0.0 and _terms(per_batch)["intra_target"] == 0.0
+    assert _terms(running)["prototype_ce"] > 0 and _terms(running)["inter"] == pytest.approx(
+        (0.6 * 0.98 + 0.8 * 0.04) / math.hypot(0.98, 0.04), rel=1e-5
+    )  # background: 0.9 (1, 0) + 0.1 (0.8, 0.4), the mean of the two unit source features
+    assert running.running.prototypes[1].tolist() == pytest.approx([0.6, 0.8])  # the first batch's, kept
+
+
 def test_r4mito_loss_by_hand() -> None:
     """CAFA's terms plus L_pro: the weak view's target prototypes are (1, 0) and (0, 1), so its labels are (1, 0) and
     L_pro equals CE of the strong head (0, 1), (0, 0) against them; correlation and rank terms as their functions."""
@@ -307,10 +357,13 @@ def _run(configs: list[str], crops: dict[str, Path], run_dir: Path, extra: list[
 def test_baseline_config_short_run(configs: list[str], crops: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
     """Each baseline runs end to end on real crops (4 iterations, 2 epochs), without pseudo-label rounds."""
     run_dir = tmp_path / "run"
-    extra = ["--loss_terms#0#iteration_log", "2", "--loss_terms#1#iteration_log", "$lambda engine, iteration: True"] + (["--num_agents", "32"] if configs == R4MITO_CONFIGS else [])
+    extra = ["--loss_terms#0#iteration_log", "2", "--loss_terms#1#iteration_log", "$lambda engine, iteration: True"] + (["--num_agents", "32"] if configs == R4MITO_CONFIGS else ["--prototype_momentum", "0.9"])
     log = _run(configs, crops, run_dir, extra)
     final = torch.load(run_dir / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)
     assert final["trainer"]["iteration"] == 4 and "pseudo_labels" not in final
+    # the running source prototypes are checkpointed (R4MITO: per batch, the default, so none are kept)
+    kept = final["prototypes"]["prototypes"]
+    assert (0 in kept and kept[0].ndim == 1) if configs == CAFA_CONFIGS else kept == {}
     assert not (run_dir / "pseudo_labels").exists() and (run_dir / "model.pt").is_file()
     assert "pseudo-label round" not in log
     # every term of the loss, the source part's and the baseline's: in the log and in TensorBoard (`loss_terms/*`)

@@ -13,7 +13,7 @@ from ignite.engine import Engine, Events
 from torch.utils.tensorboard import SummaryWriter
 
 from bundle.errors import InputError
-from bundle.losses.prototypes import kmeans_centres
+from bundle.losses.prototypes import kmeans_centres, running_mean
 from bundle.networks.checkpoint import read_torch_file
 
 # cosine similarities logged to TensorBoard: (tag, prototype a, prototype b); "fg"/"bg" are the loss's class means
@@ -82,9 +82,7 @@ class PrototypeBank:
         for name, mean in means.items():
             if mean is None or name in self.fixed:
                 continue
-            mean = mean.detach().float()
-            old = self.prototypes.get(name)
-            self.prototypes[name] = mean.clone() if old is None else self.momentum * old.to(mean.device) + (1 - self.momentum) * mean
+            self.prototypes[name] = running_mean(self.prototypes.get(name), mean.detach().float().clone(), self.momentum)
 
     @torch.no_grad()
     def push(self, name: str, features: torch.Tensor) -> None:

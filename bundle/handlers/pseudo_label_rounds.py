@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from bundle.data.io import read_volume, write_tiff
 from bundle.handlers import run_events
 from bundle.inference.runtime import prediction_network, resolve_runtime
 from bundle.losses.multitask import IGNORE_INDEX
+from bundle.outputs import atomic_output
 from bundle.pseudo_labels import tta_predict
 from bundle.pseudo_labels.rounds import RoundRule, erode_outlines, label_round
 from bundle.pseudo_labels.selection import instances_with_points
@@ -224,20 +224,17 @@ class PseudoLabelRounds:
     def _write_round(self, r: int, labels: np.ndarray, masks: np.ndarray, point_masks: np.ndarray | None = None) -> None:
         """Write labels.tif, density_mask.tif, point_mask.tif, pseudo_points.csv, previews and the model that
         predicted them (model.pt) into round_r (atomically)."""
-        final, partial = self.round_dir(r), self.output_dir / f".round_{r}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        write_tiff(partial / "labels.tif", labels)
-        write_tiff(partial / "density_mask.tif", masks)
-        if point_masks is not None:
-            write_tiff(partial / "point_mask.tif", point_masks)
-        np.savetxt(partial / "pseudo_points.csv", stack_points(self.pseudo), fmt="%d", delimiter=",", header="z,y,x", comments="")
-        for z in self.preview_slices:
-            iio.imwrite(partial / f"preview_z{z:03d}.png", overlay(self.items[z]["image"][0], labels[z], self.gt[z], self.pseudo[z]))
-        # the model this round predicted with (the previous epoch's; round 0: the starting model), for its checks
-        torch.save(self.network.state_dict(), partial / "model.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(partial, final)
+        with atomic_output(self.round_dir(r)) as partial:
+            partial.mkdir(parents=True)
+            write_tiff(partial / "labels.tif", labels)
+            write_tiff(partial / "density_mask.tif", masks)
+            if point_masks is not None:
+                write_tiff(partial / "point_mask.tif", point_masks)
+            np.savetxt(partial / "pseudo_points.csv", stack_points(self.pseudo), fmt="%d", delimiter=",", header="z,y,x", comments="")
+            for z in self.preview_slices:
+                iio.imwrite(partial / f"preview_z{z:03d}.png", overlay(self.items[z]["image"][0], labels[z], self.gt[z], self.pseudo[z]))
+            # the model this round predicted with (the previous epoch's; round 0: the starting model), for its checks
+            torch.save(self.network.state_dict(), partial / "model.pt")
 
     def _target_density(self, z: int, shape: tuple[int, int]) -> np.ndarray:
         """Target density of slice z: one Gaussian per ground-truth and pseudo point."""

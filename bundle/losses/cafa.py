@@ -9,7 +9,14 @@ import torch
 import torch.nn as nn
 
 from bundle.losses.consistency import feature_mse, pseudo_label_ce
-from bundle.losses.prototypes import class_prototypes, inverse_norms, normalized, prototype_similarity, stack_prototypes
+from bundle.losses.prototypes import (
+    RunningPrototypes,
+    class_prototypes,
+    inverse_norms,
+    normalized,
+    prototype_similarity,
+    stack_prototypes,
+)
 from bundle.networks.multitask_unet import SEG_CHANNELS
 
 ALIGN_TERMS = ("intra_source", "inter", "intra_target")  # L_align = L^s_intra + L^s_inter + L^t_intra
@@ -35,7 +42,17 @@ def intra_class_loss(similarity: torch.Tensor, labels: torch.Tensor, mask: torch
 class CAFALoss(nn.Module):
     """Weighted CAFA terms of a two-view paired batch: `output`/`features` hold the source samples then the strong
     target views, `teacher_output`/`teacher_features` the weak target views (detached); `target` has "label" and
-    "num_source". The last values of the terms (unweighted) are kept in `last` for logging."""
+    "num_source". The last values of the terms (unweighted) are kept in `last` for logging.
+
+    Args:
+        tau: a target pixel aligns with its nearest source prototype when their cosine similarity is > τ.
+        temperature: L_p's logits are cos(feature, prototype) / temperature.
+        lambda_align, lambda_p, lambda_cf, lambda_cp: the weights of L_align, L_p, L_cf and L_cp (eq. 7).
+        num_classes: the segmentation classes (background, mitochondria).
+        prototype_momentum: 0 (the paper's eq. 1): source prototypes of the batch alone; m > 0: running means over
+            batches (`RunningPrototypes`), so that a source batch with few mitochondria pixels cannot flip them.
+            They are state: `running` belongs in the checkpoint.
+    """
 
     def __init__(
         self,
@@ -46,6 +63,7 @@ class CAFALoss(nn.Module):
         lambda_cf: float = 0.1,
         lambda_cp: float = 0.1,
         num_classes: int = len(SEG_CHANNELS),
+        prototype_momentum: float = 0.0,
     ) -> None:
         super().__init__()
         if not -1.0 <= tau < 1.0 or temperature <= 0:
@@ -54,6 +72,7 @@ class CAFALoss(nn.Module):
         self.weights = dict.fromkeys(ALIGN_TERMS, lambda_align)
         self.weights.update(prototype_ce=lambda_p, feature_mse=lambda_cf, prediction_ce=lambda_cp)
         self.last: dict[str, torch.Tensor] = {}
+        self.running = RunningPrototypes(prototype_momentum)
 
     def forward(
         self,
@@ -76,11 +95,11 @@ class CAFALoss(nn.Module):
         teacher_features: torch.Tensor,
         target: Mapping[str, torch.Tensor],
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """(unweighted terms by name, the (C, D) source prototypes or None when the source batch lacks a class)."""
+        """(unweighted terms by name, the (C, D) source prototypes or None while a class has none)."""
         split = int(target["num_source"])
         source, strong = features[:split], features[split:]
         labels = target["label"][:split, 0].long()
-        found = class_prototypes(source, labels, classes=range(self.num_classes), scale=inverse_norms(source))  # eq. 1
+        found = self.running(class_prototypes(source, labels, classes=range(self.num_classes), scale=inverse_norms(source)))  # eq. 1
         prototypes = stack_prototypes(found, fallback=source.new_zeros(self.num_classes, source.shape[1]))
         terms = {
             "intra_source": intra_class_loss(prototype_similarity(source, prototypes), labels),

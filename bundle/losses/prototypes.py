@@ -60,6 +60,47 @@ def stack_prototypes(prototypes: dict[int, torch.Tensor | None], fallback: torch
     return None if any(r is None for r in rows) else torch.stack(rows)
 
 
+def running_mean(old: torch.Tensor | None, mean: torch.Tensor, momentum: float) -> torch.Tensor:
+    """p ← m·p + (1 − m)·mean (`mean` itself when there is no `old` yet); keeps `mean`'s gradient, not `old`'s."""
+    return mean if old is None else momentum * old.detach().to(mean) + (1 - momentum) * mean
+
+
+class RunningPrototypes:
+    """Class prototypes as running means over batches: each batch's prototype of class c (`class_prototypes`) becomes
+    m·p_c + (1 − m)·batch prototype, the gradient flowing through the batch part; a class absent from the batch keeps
+    its running prototype (detached). Momentum 0 is per batch: a class absent from the batch has no prototype.
+
+    Args:
+        momentum: m in [0, 1): the share of the running prototype kept at each batch.
+    """
+
+    def __init__(self, momentum: float = 0.0) -> None:
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"prototype momentum must be in [0, 1), got {momentum}")
+        self.momentum = momentum
+        self.prototypes: dict[int, torch.Tensor] = {}  # detached running prototypes by class
+
+    def __call__(self, found: dict[int, torch.Tensor | None]) -> dict[int, torch.Tensor | None]:
+        """Blend this batch's {class: prototype or None} into the running ones and return the blend."""
+        if self.momentum == 0.0:
+            return found
+        blended = {}
+        for c, batch in found.items():
+            old = self.prototypes.get(c)
+            blended[c] = (None if old is None else old.clone()) if batch is None else running_mean(old, batch, self.momentum)
+            if blended[c] is not None:
+                self.prototypes[c] = blended[c].detach().clone()
+        return blended
+
+    def state_dict(self) -> dict:
+        """The running prototypes (on the CPU) by class."""
+        return {"momentum": self.momentum, "prototypes": {int(c): p.cpu() for c, p in self.prototypes.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` saved."""
+        self.prototypes = {int(c): p.clone() for c, p in state["prototypes"].items()}
+
+
 def prototype_similarity(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) cosine similarity of every pixel of (B, D, H, W) `features` with each of (C, D) `prototypes`."""
     return torch.einsum("bdhw,cd->bchw", F.normalize(features, dim=1), normalized(prototypes))

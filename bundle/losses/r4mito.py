@@ -69,8 +69,9 @@ class R4MITOLoss(CAFALoss):
         agent_score: str = "norm",
         pro_mode: str = "pseudo_label",
         num_classes: int = len(SEG_CHANNELS),
+        prototype_momentum: float = 0.0,
     ) -> None:
-        super().__init__(tau, temperature, lambda_align, lambda_p, lambda_cf, lambda_cp, num_classes)
+        super().__init__(tau, temperature, lambda_align, lambda_p, lambda_cf, lambda_cp, num_classes, prototype_momentum)
         if agent_score not in AGENT_SCORES or pro_mode not in PRO_MODES:
             raise ValueError(f"agent_score must be one of {AGENT_SCORES} and pro_mode one of {PRO_MODES}")
         if num_agents < top_ranks or agent_temperature <= 0:
