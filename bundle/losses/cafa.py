@@ -50,7 +50,7 @@ class CAFALoss(nn.Module):
         lambda_align, lambda_p, lambda_cf, lambda_cp: the weights of L_align, L_p, L_cf and L_cp (eq. 7).
         num_classes: the segmentation classes (background, mitochondria).
         prototype_momentum: 0 (the paper's eq. 1): source prototypes of the batch alone; m > 0: running means over
-            batches (`RunningPrototypes`), so that a source batch with few mitochondria pixels cannot flip them.
+            batches (`RunningPrototypes`): a source batch with few mitochondria pixels moves them by 1 − m only.
             They are state: `running` belongs in the checkpoint.
     """
 

@@ -84,10 +84,14 @@ class RunningPrototypes:
         """Blend this batch's {class: prototype or None} into the running ones and return the blend."""
         if self.momentum == 0.0:
             return found
+        like = next((batch for batch in found.values() if batch is not None), None)  # device and dtype (after a resume)
         blended = {}
         for c, batch in found.items():
             old = self.prototypes.get(c)
-            blended[c] = (None if old is None else old.clone()) if batch is None else running_mean(old, batch, self.momentum)
+            if batch is not None:
+                blended[c] = running_mean(old, batch, self.momentum)
+            else:
+                blended[c] = None if old is None else (old.clone() if like is None else old.to(like, copy=True))
             if blended[c] is not None:
                 self.prototypes[c] = blended[c].detach().clone()
         return blended
