@@ -30,7 +30,7 @@ from bundle.losses.consistency import (
 from bundle.losses.prototypes import RunningPrototypes, prototype_similarity
 from bundle.losses.r4mito import agent_log_correlation, gather_agents, reliable_prototypes, select_agents
 from bundle.networks import MultiTaskUNet
-from tests.helpers import REPO
+from tests.helpers import REPO, assert_one_line_error, run_bundle
 from tests.test_adaptation import adapt_command, crops  # noqa: F401 - the real-crop fixture of the adaptation tests
 
 
@@ -373,3 +373,15 @@ def test_baseline_config_short_run(configs: list[str], crops: dict[str, Path], t
     events.Reload()
     assert {f"loss_terms/{name}" for name in names} <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("loss_terms/source/ce")] == [2, 4]
+
+
+@pytest.mark.parametrize("configs", [CAFA_CONFIGS, R4MITO_CONFIGS], ids=["cafa", "r4mito"])
+def test_a_bad_prototype_momentum_stops_before_any_output(configs: list[str], crops: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
+    """adapt_wda.yaml's `prepare` builds the stack's loss, so a bad --prototype_momentum is one line and nothing written."""
+    out = tmp_path / "run"
+    command = adapt_command(crops, out, iterations=4)
+    command[command.index("--config_file") + 1] = str(configs)
+    at = command.index("--target_points")
+    del command[at : at + 2]
+    assert_one_line_error(run_bundle(*command[4:], "--prototype_momentum", "1.5"), "prototype_momentum", "--prototype_momentum")
+    assert not out.exists()

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bundle.errors import input_error
 from bundle.networks.multitask_unet import SEG_CHANNELS, forward_with_features
 
 
@@ -75,8 +76,9 @@ class RunningPrototypes:
     """
 
     def __init__(self, momentum: float = 0.0) -> None:
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"prototype momentum must be in [0, 1), got {momentum}")
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
+            raise input_error("prototype_momentum", f"{momentum!r} is not a number in [0, 1) (the share of the running "
+                              "prototype kept at each batch)", "pass --prototype_momentum with a number from 0 to below 1")  # fmt: skip
         self.momentum = momentum
         self.prototypes: dict[int, torch.Tensor] = {}  # detached running prototypes by class
 
