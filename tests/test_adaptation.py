@@ -272,3 +272,92 @@ def test_a_bad_loss_value_stops_before_any_output(key: str, value: str, crops: d
     out = tmp_path / "run"
     assert_one_line_error(run_bundle(*adapt_command(crops, out, 2)[4:], f"--{key}", value), key, f"--{key}")
     assert not out.exists()
+
+
+def test_class_prior_weights_give_the_labelled_pixels_the_prior() -> None:
+    """Weighted, the labelled foreground carries the prior's share of the labelled pixels' weight; the mean weight of a
+    labelled pixel stays 1; a label map without one of the classes is left unweighted."""
+    from bundle.pseudo_labels.rounds import class_prior_weights
+
+    labels = np.full((10, 100), 255, np.uint8)
+    labels[:, :2] = 1  # 2 % of the pixels labelled foreground
+    labels[:, 30:] = 0  # 70 % background, the rest ignored
+    background, foreground = class_prior_weights(labels, 0.1)
+    fg, bg = (labels == 1).sum(), (labels == 0).sum()
+    assert foreground * fg / (foreground * fg + background * bg) == pytest.approx(0.1)
+    assert (foreground * fg + background * bg) / (fg + bg) == pytest.approx(1.0)
+    assert foreground / background == pytest.approx((0.1 / 0.02) / (0.9 / 0.7))
+    assert class_prior_weights(np.zeros((4, 4), np.uint8), 0.1) == (1.0, 1.0)
+
+
+def test_weighted_cross_entropy_is_torchs_class_weighted_mean_per_sample() -> None:
+    import torch.nn.functional as F
+
+    from bundle.losses.multitask import IGNORE_INDEX, weighted_cross_entropy
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 2, 8, 8, generator=generator)
+    label = torch.randint(0, 2, (2, 8, 8), generator=generator)
+    label[:, :2] = IGNORE_INDEX
+    same = torch.tensor([[0.5, 4.0], [0.5, 4.0]])
+    expected = F.cross_entropy(logits, label, weight=same[0], ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(weighted_cross_entropy(logits, label, same, IGNORE_INDEX), expected)
+    plain = F.cross_entropy(logits, label, ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(weighted_cross_entropy(logits, label, torch.ones(2, 2), IGNORE_INDEX), plain)
+    # per sample: the second sample's foreground counts 4 times, and a zero weight drops the first sample
+    only_second = torch.tensor([[0.0, 0.0], [1.0, 4.0]])
+    expected = F.cross_entropy(logits[1:], label[1:], weight=only_second[1], ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(weighted_cross_entropy(logits, label, only_second, IGNORE_INDEX), expected)
+    # MultiTaskLoss weighs its cross-entropy with a target's class weights (no density term here: λ1 = 0)
+    from bundle.losses import MultiTaskLoss
+
+    pred = torch.cat([logits, torch.zeros(2, 1, 8, 8)], dim=1)
+    target = {"label": label[:, None], "density": torch.zeros(2, 1, 8, 8), "class_weights": only_second}
+    torch.testing.assert_close(MultiTaskLoss(lambda_density=0.0)(pred, target), expected)
+
+
+def test_the_class_prior_is_the_first_rounds_foreground_share_and_weighs_every_round(tmp_path: Path) -> None:
+    """With match_class_prior the first round takes the starting model's predicted foreground share as the prior,
+    every round's items carry the weights that give their labels that share, the prior travels with the checkpoint,
+    and the paired batch hands the weights to the loss (1, 1 for a source part)."""
+    import json
+
+    from bundle.data.paired import prepare_paired_batch
+    from bundle.handlers import PseudoLabelRounds
+    from bundle.pseudo_labels.rounds import RoundRule, class_prior_weights
+
+    probability = np.full((64, 64), 0.02)
+    probability[8:24, 8:24] = 0.95  # a clicked mitochondrion: 256 px
+    probability[40:56, 40:56] = 0.95  # and one without a click, ignored by IPL (Ω = 0): 512 px predicted in all
+    logits = np.stack([np.zeros((64, 64)), np.log(probability / (1 - probability))])
+    network = _FixedOutput(torch.as_tensor(np.concatenate([logits, np.zeros((1, 64, 64))]), dtype=torch.float32)[None])
+
+    def make_rounds(match: bool) -> PseudoLabelRounds:
+        items = [{"image": np.zeros((1, 64, 64), np.float32)}]
+        rule = RoundRule(beta=0.0, omega_fractions=[0.0, 0.0], sigma=3.0, peak_min_distance=5, match_class_prior=match)
+        return PseudoLabelRounds(items, network, lambda x, net: net(x), tmp_path / f"pl_{match}", num_rounds=2,
+                                 gt_points=np.array([[0, 16, 16]]), rule=rule, tta_views=1)  # fmt: skip
+
+    plain = make_rounds(False)
+    plain.run_round()
+    assert plain.class_prior is None and "class_weights" not in plain.items[0]  # off: the loss is unweighted
+    rounds = make_rounds(True)
+    rounds.run_round()
+    assert rounds.class_prior == pytest.approx(512 / 64**2)
+    labels = rounds.items[0]["label"][0]
+    weights = rounds.items[0]["class_weights"]
+    np.testing.assert_allclose(weights, class_prior_weights(labels, 512 / 64**2), rtol=1e-6)
+    assert weights[1] > 1.9 * weights[0]  # 256 px labelled foreground for a prior of 512 px
+    summary = json.loads((tmp_path / "pl_True" / "round_0" / "summary.json").read_text())
+    assert summary["class_prior"] == pytest.approx(0.125) and summary["foreground_share"] == pytest.approx(0.125)
+    resumed = make_rounds(True)
+    resumed.load_state_dict(rounds.state_dict())  # the prior and the installed weights travel with the checkpoint
+    assert resumed.class_prior == rounds.class_prior
+    np.testing.assert_allclose(resumed.items[0]["class_weights"], weights)
+    network.output[:, 1] = -10.0  # the adapted model predicts no foreground: the prior stays the first round's
+    resumed.run_round()
+    assert resumed.class_prior == rounds.class_prior
+    target = {k: torch.as_tensor(np.asarray(v))[None] for k, v in resumed.items[0].items()}
+    source = {k: v for k, v in target.items() if k not in ("class_weights", "point_mask", "density_mask")}
+    _, batch = prepare_paired_batch({"source": source, "target": target})
+    torch.testing.assert_close(batch["class_weights"], torch.stack([torch.ones(2), target["class_weights"][0]]))

@@ -200,7 +200,7 @@ def test_slice_checks_and_their_summary() -> None:
     probability[20, 20] = 0.9  # and a 1-px speck below min_size
     per_slice = [slice_checks(probability, np.zeros((32, 32)), np.array([[5, 5], [25, 25]]))]
     assert click_checks(per_slice) == {"holdout_clicks": 2, "holdout_click_recall": 0.5, "instance_count": 1,
-                                       "density_count": 0.0}  # fmt: skip
+                                       "density_count": 0.0, "foreground_share": round(65 / 32**2, 5)}  # fmt: skip
     assert click_checks([])["holdout_click_recall"] is None
 
 

@@ -32,8 +32,13 @@ class PairedDataset(Dataset):
 
 
 def _get(part: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
-    """part[key], or MISSING_FILL[key] shaped like part["density"] when the part has no such key."""
-    return part[key] if key in part else torch.full_like(part["density"], MISSING_FILL[key])
+    """part[key], or MISSING_FILL[key] shaped like part["density"] when the part has no such key (class weights: 1
+    for both classes, one row per sample)."""
+    if key in part:
+        return part[key]
+    if key == "class_weights":
+        return torch.ones(len(part["density"]), 2, dtype=torch.float32)
+    return torch.full_like(part["density"], MISSING_FILL[key])
 
 
 def prepare_paired_batch(
@@ -45,7 +50,8 @@ def prepare_paired_batch(
     """(source and target images stacked, targets stacked + "num_source") for SupervisedTrainer and AdaptationLoss;
     a batch without "source" (source-free) gives the target part alone and num_source 0."""
     parts = [batchdata[name] for name in ("source", "target") if name in batchdata]
-    targets = {key: torch.cat([_get(part, key) for part in parts]) for key in TARGET_KEYS}
+    keys = TARGET_KEYS + (("class_weights",) if any("class_weights" in part for part in parts) else ())
+    targets = {key: torch.cat([_get(part, key) for part in parts]) for key in keys}
     moved = {k: v.to(device=device, non_blocking=non_blocking) for k, v in targets.items()}
     moved["num_source"] = torch.tensor(len(batchdata["source"]["image"]) if "source" in batchdata else 0)
     images = torch.cat([part["image"] for part in parts]).to(device=device, non_blocking=non_blocking)

@@ -106,7 +106,7 @@ def adaptation_checks(run_dir: str | os.PathLike, prediction_dir: str | os.PathL
     for path in sorted(Path(run_dir, "pseudo_labels").glob("round_*/summary.json"), key=lambda p: int(p.parent.name[6:])):
         summary = json.loads(path.read_text())
         rounds.append({key: summary.get(key) for key in ("round", "holdout_click_recall", "instance_count",
-                                                         "density_count", "outline_rule")})  # fmt: skip
+                                                         "density_count", "foreground_share", "outline_rule")})  # fmt: skip
     maps = []
     for name in ("probability", "density"):  # of the adapted slices only
         with open_prediction(prediction_dir, name) as volume:

@@ -25,7 +25,7 @@ from bundle.inference.runtime import prediction_network, resolve_runtime
 from bundle.losses.multitask import IGNORE_INDEX
 from bundle.outputs import atomic_output
 from bundle.pseudo_labels import tta_predict
-from bundle.pseudo_labels.rounds import RoundRule, erode_outlines, label_round
+from bundle.pseudo_labels.rounds import RoundRule, class_prior_weights, erode_outlines, label_round
 from bundle.pseudo_labels.selection import instances_with_points
 
 
@@ -64,7 +64,7 @@ class PseudoLabelRounds:
 
     At the start of every `interval`-th epoch, until `num_rounds`, it TTA-predicts the target slices, applies the
     rule to each, writes the round to output_dir/round_r and swaps the labels, densities and masks into the dataset.
-    Round, points, counts and the outline decision live in the checkpoint. Under torch.distributed, rank 0 computes
+    Round, points, counts, the outline decision and the class prior live in the checkpoint. Under torch.distributed, rank 0 computes
     and writes each round and the other ranks install its files.
 
     Args:
@@ -127,6 +127,7 @@ class PseudoLabelRounds:
         self.snap: bool | None = None  # the outline rule's decision for this volume (None: not decided yet)
         self.snap_reason = ""
         self.outline_cut: float | None = None  # px the outline rule cut in the round that decided it
+        self.class_prior: float | None = None  # the first round's foreground share, with rule.match_class_prior
         self.source_items = source_items
         self._source_labels = [np.asarray(item["label"]).copy() for item in source_items or []]  # as read
         self.device = torch.device(device)
@@ -148,12 +149,12 @@ class PseudoLabelRounds:
                 self.run_round(engine.state.iteration)
             if distributed:  # rank 0 has written round_r; the other ranks install its files and take its decision
                 dist.barrier()
-                decision = [self.snap, self.snap_reason, self.outline_cut]
+                decision = [self.snap, self.snap_reason, self.outline_cut, self.class_prior]
                 dist.broadcast_object_list(decision, src=0)
                 if dist.get_rank() > 0:
                     self.round += 1
+                    self.snap, self.snap_reason, self.outline_cut, self.class_prior = decision
                     self._install_last_round(read_points=True)
-                    self.snap, self.snap_reason, self.outline_cut = decision
                     self._follow_target_outline()
                 md5 = self.targets_md5()
                 self.logger.info(f"pseudo-label round {self.round} installed on rank {dist.get_rank()}: targets md5 {md5}")
@@ -174,7 +175,7 @@ class PseudoLabelRounds:
         kept: list[np.ndarray] = []  # the probabilities, for a listener in the same process only (run_events)
         result = label_round(self.rule, r, self._predictions(kept if run_events.listened() else None), images,
                              self.gt, self.pseudo, self.holdout, counts=counts, snap=self.snap,
-                             snap_reason=self.snap_reason)  # fmt: skip
+                             snap_reason=self.snap_reason, class_prior=self.class_prior)  # fmt: skip
         self.network.train(was_training)
         if self.rule.snap_to_membranes and self.snap is None:  # decided once per volume, on the first round's labels
             decision = "cut back to the membrane" if result.snap else "left as they are"
@@ -185,12 +186,15 @@ class PseudoLabelRounds:
             self._follow_target_outline(log=True)
         if self.fixed_count and self.counts is None:
             self.counts = result.counts
+        self.class_prior = result.class_prior
         self._write_round(r, result.labels, result.density_masks, result.point_masks)
         self.round = r + 1
         self._install(result.labels, result.density_masks, result.target_densities, result.point_masks)
         seconds = {"predict_seconds": round(self._predict_seconds, 1),
                    "round_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
-        self._log(r, iteration, result.labels, sum(result.counts), {**result.checks, **seconds})
+        weights = {} if result.class_weights is None else {
+            "class_prior": result.class_prior, "class_weights": [round(w, 4) for w in result.class_weights]}  # fmt: skip
+        self._log(r, iteration, result.labels, sum(result.counts), {**result.checks, **weights, **seconds})
         if kept:
             run_events.round_event(r + 1, self.num_rounds, self.round_dir(r), result.labels, kept)
 
@@ -247,13 +251,17 @@ class PseudoLabelRounds:
         densities: Sequence[np.ndarray],
         point_masks: Sequence[np.ndarray] | None = None,
     ) -> None:
-        """Put a round's labels, densities, masks and ground-truth-point instance masks into the target items and
-        swap them into the dataset (point masks are recomputed from labels and points when not given)."""
+        """Put a round's labels, densities, masks, ground-truth-point instance masks and class weights into the target
+        items and swap them into the dataset (point masks are recomputed from labels and points when not given; the
+        class weights from the labels and the class prior, when there is one)."""
         if point_masks is None:
             point_masks = [instances_with_points(label, gt) for label, gt in zip(labels, self.gt)]
+        weights = None if self.class_prior is None else np.float32(class_prior_weights(np.asarray(labels), self.class_prior))
         for item, label, mask, density, points in zip(self.items, labels, masks, densities, point_masks):
             item["label"], item["density_mask"], item["density"] = label[None], mask[None], density[None]
             item["point_mask"] = np.asarray(points, dtype=np.uint8)[None]
+            if weights is not None:
+                item["class_weights"] = weights.copy()
         if self.dataset is not None and hasattr(self.dataset, "set_data"):
             self.dataset.set_data(self.items)
 
@@ -282,12 +290,14 @@ class PseudoLabelRounds:
         self._writer.flush()
 
     def state_dict(self) -> dict:
-        """Round number, pseudo-points and fixed counts (the label files stay in round_r on disk)."""
+        """Round number, pseudo-points, fixed counts, the outline decision and the class prior (the label files stay
+        in round_r on disk)."""
         counts = torch.as_tensor(self.counts if self.counts is not None else [], dtype=torch.float64)
         snap = -1 if self.snap is None else int(self.snap)
         return {"round": self.round, "pseudo_points": torch.as_tensor(stack_points(self.pseudo)), "counts": counts,
                 "snap": snap, "snap_reason": self.snap_reason,
-                "outline_cut": -1.0 if self.outline_cut is None else self.outline_cut}  # fmt: skip
+                "outline_cut": -1.0 if self.outline_cut is None else self.outline_cut,
+                "class_prior": -1.0 if self.class_prior is None else self.class_prior}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the round and points and reinstall the last round's labels from disk."""
@@ -299,6 +309,8 @@ class PseudoLabelRounds:
         self.snap, self.snap_reason = (None if snap < 0 else bool(snap)), str(state.get("snap_reason", ""))
         cut = float(state.get("outline_cut", -1.0))  # absent in checkpoints from before the source outline
         self.outline_cut = None if cut < 0 else cut
+        prior = float(state.get("class_prior", -1.0))  # absent in checkpoints from before the class prior
+        self.class_prior = None if prior < 0 else prior
         self._follow_target_outline()
         if self.round > 0:
             self._install_last_round()
@@ -320,4 +332,6 @@ class PseudoLabelRounds:
         for item in self.items:
             for key, dtype in (("label", np.uint8), ("density_mask", np.uint8), ("point_mask", np.uint8), ("density", float)):
                 digest.update(np.ascontiguousarray(item[key], dtype).tobytes())
+            if "class_weights" in item:
+                digest.update(np.ascontiguousarray(item["class_weights"], np.float32).tobytes())
         return digest.hexdigest()

@@ -37,10 +37,22 @@ def source_weight_schedule(end: float, end_iteration: int) -> dict[str, float]:
     return {"initial_value": 1.0, "step_constant": 0, "step_max_value": end_iteration, "max_value": end}
 
 
+def weighted_cross_entropy(logits: torch.Tensor, label: torch.Tensor, class_weights: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Cross-entropy of (B, C, H, W) `logits` against (B, H, W) `label`, each labelled pixel weighted by its sample's
+    (B, C) `class_weights` of its class: sum(w · CE) / sum(w) over the labelled pixels (torch's `weight` per sample)."""
+    labelled = label != ignore_index
+    classes = torch.where(labelled, label, torch.zeros_like(label))
+    weights = torch.gather(class_weights.to(logits.dtype), 1, classes.flatten(1)).view_as(label) * labelled
+    losses = F.cross_entropy(logits, classes, reduction="none")
+    return (losses * weights).sum() / weights.sum().clamp_min(torch.finfo(logits.dtype).tiny)
+
+
 class MultiTaskLoss(nn.Module):
     """L = CE(segmentation logits, label) + λ1 · L2(density · scale, target density · scale). The last call's
     unweighted terms are kept in `last` ({"ce", "density"}, detached tensors: read as numbers only when logged, by
-    `loss_terms_transform`, so that a GPU step does not wait for them)."""
+    `loss_terms_transform`, so that a GPU step does not wait for them). A target with "class_weights" ((B, 2):
+    background, foreground weight of each sample; `bundle.pseudo_labels.rounds.class_prior_weights`) gets the
+    weighted mean of the pixels' cross-entropies."""
 
     def __init__(self, lambda_density: float = 1.0, density_scale: float = 1000.0, ignore_index: int = IGNORE_INDEX):
         super().__init__()
@@ -55,6 +67,8 @@ class MultiTaskLoss(nn.Module):
         label = target["label"][:, 0].long()
         if torch.all(label == self.ignore_index):
             seg = logits.sum() * 0.0  # nothing labelled in this batch: keep the graph, add no gradient
+        elif "class_weights" in target:
+            seg = weighted_cross_entropy(logits, label, target["class_weights"], self.ignore_index)
         else:
             seg = F.cross_entropy(logits, label, ignore_index=self.ignore_index)
         density = masked_density_l2(

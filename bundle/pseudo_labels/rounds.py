@@ -9,7 +9,12 @@ shrink the mitochondria of a volume whose premise fails (dark interiors, inverte
 The round that decides the rule also measures how deep it cut (`outline_cut_depth`, px): the offset between the
 starting model's outlines and the target's membranes, which `erode_outlines` applies to dense source labels so that
 with-source training teaches the target's outline convention on both domains.
-`slice_checks` / `click_checks` are the label-free checks of a round: held-out click recall and the instance count.
+The class prior (`match_class_prior`): a round labels a small share of the foreground it should (only the clicked
+and confident instances) beside most of the background, so its plain cross-entropy teaches "foreground is rare" and the
+model shrinks. `class_prior_weights` weighs the two classes so that the labelled pixels count as if the starting
+model's foreground share (`foreground_share`, decided once per volume in the first round) were foreground.
+`slice_checks` / `click_checks` are the label-free checks of a round: held-out click recall, the instance count and
+the predicted foreground share.
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ class RoundRule:
         point_radius: px of the disk around each clicked point that is foreground in every round.
         snap_to_membranes: cut outlines back to the membrane where the volume shows one (see module docstring).
         outline_margin: px of the pseudo-label the cut keeps beyond the membrane's darkest ridge (0: cut at the ridge).
+        match_class_prior: weigh the cross-entropy's classes so that the labelled pixels carry the starting model's
+            foreground share (`class_prior_weights`; see the module docstring).
     """
 
     beta: float = 0.2
@@ -72,6 +79,7 @@ class RoundRule:
     point_radius: float = 5.0
     snap_to_membranes: bool = False
     outline_margin: int = 0
+    match_class_prior: bool = False
 
     def __post_init__(self):
         margin = self.outline_margin
@@ -146,6 +154,8 @@ class VolumeRound:
     snap_reason: str
     outline_cut: float | None  # px the rule cut off the labels, when this round decided it (`outline_cut_depth`)
     checks: dict  # `click_checks` of the predictions (the model the round predicted with)
+    class_prior: float | None  # the foreground share the classes are weighted to (None: `match_class_prior` off)
+    class_weights: tuple[float, float] | None  # cross-entropy weights (background, foreground) of these labels
 
 
 def label_round(
@@ -159,6 +169,7 @@ def label_round(
     counts: Sequence[float] | None = None,
     snap: bool | None = None,
     snap_reason: str = "",
+    class_prior: float | None = None,
 ) -> VolumeRound:
     """Round `r` (0-based) of every target slice.
 
@@ -173,6 +184,8 @@ def label_round(
         counts: per slice, the count to use for β and Ω (fixed_count: the first round's); None: each slice's own.
         snap, snap_reason: the outline decision of an earlier round; None: decided here, on this round's labels
             before the rule, when `rule.snap_to_membranes` (once per volume: the caller keeps it).
+        class_prior: the foreground share of an earlier round (`match_class_prior`); None: this round's predicted
+            foreground share (the caller keeps the first round's).
     """
     slices, per_slice_checks = [], []
     for z, (probability, density) in enumerate(predictions):
@@ -188,6 +201,10 @@ def label_round(
     cut = [snap_to_membranes(s.label, image, margin=rule.outline_margin) if snap else s.label for s, image in zip(slices, images)]
     outline_cut = outline_cut_depth([s.label for s in slices], cut) if decided_here else None
     labels = np.stack([add_point_labels(label, gt, radius=rule.point_radius) for label, gt in zip(cut, gt_points)])
+    checks = click_checks(per_slice_checks)
+    if rule.match_class_prior and class_prior is None:
+        class_prior = checks["foreground_share"]
+    prior = class_prior if rule.match_class_prior else None
     return VolumeRound(
         labels=labels,
         density_masks=np.stack([s.density_mask for s in slices]),
@@ -198,8 +215,22 @@ def label_round(
         snap=snap if rule.snap_to_membranes else None,
         snap_reason=snap_reason,
         outline_cut=outline_cut,
-        checks=click_checks(per_slice_checks),
+        checks=checks,
+        class_prior=prior,
+        class_weights=None if prior is None else class_prior_weights(labels, prior),
     )
+
+
+def class_prior_weights(labels: np.ndarray, prior: float) -> tuple[float, float]:
+    """Cross-entropy weights (background, foreground) under which the labelled pixels of `labels` (0 / 1 / ignored)
+    weigh as if a share `prior` of them were foreground: (1 − prior) / f_bg and prior / f_fg, with f the labelled
+    shares, times f_bg + f_fg so that the mean weight of a labelled pixel stays 1. (1, 1) when a class is absent."""
+    labels = np.asarray(labels)
+    foreground, background = float((labels == FOREGROUND).mean()), float((labels == 0).mean())
+    if foreground == 0 or background == 0:
+        return 1.0, 1.0
+    scale = foreground + background
+    return (1.0 - prior) / background * scale, prior / foreground * scale
 
 
 def outline_cut_depth(before: Sequence[np.ndarray], after: Sequence[np.ndarray]) -> float:
@@ -266,21 +297,25 @@ def dark_membrane_premise(profile: np.ndarray) -> tuple[bool, str]:
 def slice_checks(probability: np.ndarray, density: np.ndarray, clicks: np.ndarray, threshold: float = 0.5,
                  min_size: int = 16) -> np.ndarray:  # fmt: skip
     """[held-out clicks inside the predicted foreground, held-out clicks, predicted instances (components of at
-    least `min_size` px), the density head's count] of one slice's prediction; `clicks` are (M, 2) y, x."""
+    least `min_size` px), the density head's count, predicted foreground pixels, pixels] of one slice's prediction;
+    `clicks` are (M, 2) y, x."""
     foreground = np.asarray(probability) >= threshold
     components, n = ndimage.label(foreground)
     instances = int((np.bincount(components.ravel())[1:] >= min_size).sum()) if n else 0
     hits = int(foreground[clicks[:, 0], clicks[:, 1]].sum()) if len(clicks) else 0
-    return np.array([hits, len(clicks), instances, estimate_count(density)], dtype=np.float64)
+    return np.array([hits, len(clicks), instances, estimate_count(density), foreground.sum(), foreground.size],
+                    dtype=np.float64)  # fmt: skip
 
 
 def click_checks(per_slice: Sequence[np.ndarray]) -> dict:
     """The label-free checks of a prediction of the adapted slices, from their `slice_checks`: the share of held-out
-    clicks inside the predicted foreground (None without held-out clicks), the instance and density counts."""
-    hits, total, instances, count = np.sum(per_slice, axis=0) if len(per_slice) else np.zeros(4)
+    clicks inside the predicted foreground (None without held-out clicks), the instance and density counts, and the
+    share of pixels predicted foreground."""
+    hits, total, instances, count, foreground, pixels = np.sum(per_slice, axis=0) if len(per_slice) else np.zeros(6)
     return {
         "holdout_clicks": int(total),
         "holdout_click_recall": round(float(hits / total), 4) if total else None,
         "instance_count": int(instances),
         "density_count": round(float(count), 1),
+        "foreground_share": round(float(foreground / pixels), 5) if pixels else 0.0,
     }
