@@ -90,20 +90,19 @@ class RunningPrototypes:
         blended = {}
         for c, batch in found.items():
             old = self.prototypes.get(c)
-            if batch is not None:
-                blended[c] = running_mean(old, batch, self.momentum)
-            else:
-                blended[c] = None if old is None else (old.clone() if like is None else old.to(like, copy=True))
-            if blended[c] is not None:
-                self.prototypes[c] = blended[c].detach().clone()
+            if batch is None:  # absent from the batch: the running prototype, on the batch's device
+                blended[c] = None if old is None else old.to(old if like is None else like, copy=True)
+                continue
+            blended[c] = running_mean(old, batch, self.momentum)
+            self.prototypes[c] = blended[c].detach().clone()
         return blended
 
     def state_dict(self) -> dict:
-        """The running prototypes (on the CPU) by class."""
-        return {"momentum": self.momentum, "prototypes": {int(c): p.cpu() for c, p in self.prototypes.items()}}
+        """The running prototypes (on the CPU) by class; the momentum is the run's setting, not state."""
+        return {"prototypes": {int(c): p.cpu() for c, p in self.prototypes.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore what `state_dict` saved."""
+        """Restore what `state_dict` saved (a checkpoint from before also holds the momentum: not read)."""
         self.prototypes = {int(c): p.clone() for c, p in state["prototypes"].items()}
 
 
