@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     from bundle.pseudo_labels.rounds import RoundRule
 
     try:  # the configs' own checks (their `prepare`), here before anything is written
-        RoundRule(outline_margin=overrides.get("outline_margin", 0))
+        RoundRule(**{key: overrides[key] for key in ("outline_margin", "snap_to_membranes", "match_class_prior",
+                                                      "density_confirms_background") if key in overrides})
         source_weight_schedule(overrides.get("source_weight_end", 1.0), overrides.get("source_weight_end_iteration", 0))
         check_weight("source_lambda_density", overrides.get("source_lambda_density", 1.0), "the source density L2 weight")
     except InputError as error:

@@ -132,7 +132,8 @@ def test_bad_input_one_line_and_no_output(case: str, inputs: dict[str, Path], tm
 
 @pytest.mark.parametrize(
     "key, value",
-    [("outline_margin", "-1"), ("outline_margin", "1.5"), ("outline_margin", "wide"), ("source_weight_end", "-1"),
+    [("outline_margin", "-1"), ("outline_margin", "1.5"), ("outline_margin", "wide"), ("match_class_prior", "yes"),
+     ("snap_to_membranes", "1"), ("source_weight_end", "-1"),
      ("source_weight_end", "half"), ("source_weight_end_iteration", "-5"), ("source_weight_end_iteration", "True"),
      ("source_lambda_density", "-1"), ("source_lambda_density", "none")],
 )

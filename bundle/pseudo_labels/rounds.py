@@ -9,10 +9,11 @@ shrink the mitochondria of a volume whose premise fails (dark interiors, inverte
 The round that decides the rule also measures how deep it cut (`outline_cut_depth`, px): the offset between the
 starting model's outlines and the target's membranes, which `erode_outlines` applies to dense source labels so that
 with-source training teaches the target's outline convention on both domains.
-The class prior (`match_class_prior`): a round labels a small share of the foreground it should (only the clicked
-and confident instances) beside most of the background, so its plain cross-entropy teaches "foreground is rare" and the
-model shrinks. `class_prior_weights` weighs the two classes so that the labelled pixels count as if the starting
-model's foreground share (`foreground_share`, decided once per volume in the first round) were foreground.
+The class prior (`match_class_prior`, off by default: docs/results.md): a round labels a small share of the foreground
+it should (only the clicked and confident instances) beside most of the background, so its plain cross-entropy teaches
+"foreground is rare" and the model shrinks. `class_prior_weights` weighs the two classes so that the labelled pixels
+count as if the starting model's foreground share (`foreground_share`, decided once per volume in the first round) were
+foreground.
 `slice_checks` / `click_checks` are the label-free checks of a round: held-out click recall, the instance count and
 the predicted foreground share.
 """
@@ -82,6 +83,9 @@ class RoundRule:
     match_class_prior: bool = False
 
     def __post_init__(self):
+        for name in ("density_confirms_background", "snap_to_membranes", "match_class_prior"):
+            if not isinstance(getattr(self, name), bool):
+                raise input_error(name, f"{getattr(self, name)!r} is not true or false", "pass True or False")
         margin = self.outline_margin
         if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
             raise input_error("outline_margin", f"{margin!r} is not a whole number of pixels from 0",
