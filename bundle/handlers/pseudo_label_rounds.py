@@ -64,8 +64,8 @@ class PseudoLabelRounds:
 
     At the start of every `interval`-th epoch, until `num_rounds`, it TTA-predicts the target slices, applies the
     rule to each, writes the round to output_dir/round_r and swaps the labels, densities and masks into the dataset.
-    Round, points, counts, the outline decision and the class prior live in the checkpoint. Under torch.distributed, rank 0 computes
-    and writes each round and the other ranks install its files.
+    Round, points, counts, the outline decision and the class prior live in the checkpoint. Under torch.distributed,
+    rank 0 computes and writes each round and the other ranks install its files.
 
     Args:
         items: the target slices (dicts with "image", (1, Y, X) normalised), in the dataset's order.
@@ -189,11 +189,11 @@ class PseudoLabelRounds:
         self.class_prior = result.class_prior
         self._write_round(r, result.labels, result.density_masks, result.point_masks)
         self.round = r + 1
-        self._install(result.labels, result.density_masks, result.target_densities, result.point_masks)
+        class_weights = self._install(result.labels, result.density_masks, result.target_densities, result.point_masks)
         seconds = {"predict_seconds": round(self._predict_seconds, 1),
                    "round_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
-        weights = {} if result.class_weights is None else {
-            "class_prior": result.class_prior, "class_weights": [round(w, 4) for w in result.class_weights]}  # fmt: skip
+        weights = {} if class_weights is None else {
+            "class_prior": self.class_prior, "class_weights": [round(w, 4) for w in class_weights]}  # fmt: skip
         self._log(r, iteration, result.labels, sum(result.counts), {**result.checks, **weights, **seconds})
         if kept:
             run_events.round_event(r + 1, self.num_rounds, self.round_dir(r), result.labels, kept)
@@ -250,20 +250,22 @@ class PseudoLabelRounds:
         masks: Sequence[np.ndarray],
         densities: Sequence[np.ndarray],
         point_masks: Sequence[np.ndarray] | None = None,
-    ) -> None:
+    ) -> tuple[float, float] | None:
         """Put a round's labels, densities, masks, ground-truth-point instance masks and class weights into the target
         items and swap them into the dataset (point masks are recomputed from labels and points when not given; the
-        class weights from the labels and the class prior, when there is one)."""
+        class weights from the labels and the class prior, when there is one). Returns the class weights (None without
+        a class prior)."""
         if point_masks is None:
             point_masks = [instances_with_points(label, gt) for label, gt in zip(labels, self.gt)]
-        weights = None if self.class_prior is None else np.float32(class_prior_weights(np.asarray(labels), self.class_prior))
+        weights = None if self.class_prior is None else class_prior_weights(np.asarray(labels), self.class_prior)
         for item, label, mask, density, points in zip(self.items, labels, masks, densities, point_masks):
             item["label"], item["density_mask"], item["density"] = label[None], mask[None], density[None]
             item["point_mask"] = np.asarray(points, dtype=np.uint8)[None]
             if weights is not None:
-                item["class_weights"] = weights.copy()
+                item["class_weights"] = np.float32(weights)
         if self.dataset is not None and hasattr(self.dataset, "set_data"):
             self.dataset.set_data(self.items)
+        return weights
 
     def _log(self, r: int, iteration: int, labels: np.ndarray, estimated_count: float, checks: dict) -> None:
         """Counts and label-free checks of the round (`checks`: of the model it predicted with, the previous

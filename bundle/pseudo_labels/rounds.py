@@ -159,7 +159,6 @@ class VolumeRound:
     outline_cut: float | None  # px the rule cut off the labels, when this round decided it (`outline_cut_depth`)
     checks: dict  # `click_checks` of the predictions (the model the round predicted with)
     class_prior: float | None  # the foreground share the classes are weighted to (None: `match_class_prior` off)
-    class_weights: tuple[float, float] | None  # cross-entropy weights (background, foreground) of these labels
 
 
 def label_round(
@@ -221,7 +220,6 @@ def label_round(
         outline_cut=outline_cut,
         checks=checks,
         class_prior=prior,
-        class_weights=None if prior is None else class_prior_weights(labels, prior),
     )
 
 
